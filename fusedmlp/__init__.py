@@ -1,0 +1,23 @@
+"""fusedmlp: fused Linear+ReLU, softmax-cross-entropy and SGD kernels for fast MLP training.
+
+Backends: "cuda" (CUDA C++), "triton", "cpu" (C++), "torch" (plain PyTorch reference) and
+"auto" (the best one built for the tensor's device). See ``available_backends``.
+"""
+
+from fusedmlp import ops as _ops  # noqa: F401
+from fusedmlp._backend import BACKENDS, available_backends
+from fusedmlp.ops import linear_relu as _linear_relu_ops  # noqa: F401  (registers fakes and Triton ops)
+from fusedmlp import functional
+from fusedmlp.autograd import LinearReLUFunction
+from fusedmlp.nn import FusedLinear, FusedLinearReLU
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "FusedLinear",
+    "FusedLinearReLU",
+    "LinearReLUFunction",
+    "available_backends",
+    "functional",
+]

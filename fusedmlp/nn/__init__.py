@@ -1,0 +1,5 @@
+"""Drop-in ``nn.Module``s."""
+
+from fusedmlp.nn.linear import FusedLinear, FusedLinearReLU
+
+__all__ = ["FusedLinear", "FusedLinearReLU"]

@@ -1,0 +1,133 @@
+"""Builds fusedmlp._C: the C++ CPU kernels always, the CUDA kernels when a toolkit is found.
+
+FUSEDMLP_BUILD_CUDA=auto (default) builds the CUDA kernels when nvcc and a CUDA build of
+torch are present, 0 never does, 1 requires them and stops with a clear error otherwise.
+TORCH_CUDA_ARCH_LIST is respected; the default is sm_80 and sm_90 plus PTX for sm_90.
+Build with `pip install --no-build-isolation -e .` so the extension compiles against the
+torch that is installed (build isolation would fetch a different one).
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+# ptxas turns register spills into build errors: a spilling kernel is a performance bug
+# that would otherwise only show up on a GPU we rarely have.
+PTXAS_FLAGS = "-Xptxas=--warn-on-spills,--warning-as-error"
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"\nfusedmlp build error: {message}\n\n")
+    raise SystemExit(1)
+
+
+def _toolkit_from_nvcc() -> str | None:
+    """The toolkit folder that holds the nvcc on PATH (which may be a wrapper script)."""
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        return None
+    try:
+        dryrun = subprocess.run(
+            [nvcc, "--dryrun", "--version"], capture_output=True, text=True, timeout=60
+        ).stderr
+    except (OSError, subprocess.SubprocessError):
+        dryrun = ""
+    # nvcc reports its own install folder as TOP=<toolkit>/bin/..
+    match = re.search(r"^#\$ TOP=(.+)$", dryrun, re.MULTILINE)
+    candidates = [match.group(1).strip()] if match else []
+    candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    for candidate in candidates:
+        candidate = os.path.realpath(candidate)
+        if os.path.isfile(os.path.join(candidate, "bin", "nvcc")) and os.path.isdir(
+            os.path.join(candidate, "include")
+        ):
+            return candidate
+    return None
+
+
+def _want_cuda() -> bool:
+    mode = os.environ.get("FUSEDMLP_BUILD_CUDA", "auto").lower()
+    if mode not in ("auto", "0", "1"):
+        _fail(f"FUSEDMLP_BUILD_CUDA must be auto, 0 or 1, got {mode!r}")
+    if mode == "0":
+        return False
+    import torch
+
+    problems = []
+    if torch.version.cuda is None:
+        problems.append(f"the installed torch {torch.__version__} is not a CUDA build")
+    if not os.environ.get("CUDA_HOME"):
+        toolkit = _toolkit_from_nvcc()
+        if toolkit is None:
+            problems.append("no nvcc on PATH (or set CUDA_HOME to the toolkit folder holding bin/nvcc)")
+        else:
+            # torch guesses CUDA_HOME from `which nvcc`, which is wrong for wrapper scripts.
+            os.environ["CUDA_HOME"] = toolkit
+    elif not os.path.isfile(os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")):
+        problems.append(f"CUDA_HOME={os.environ['CUDA_HOME']} has no bin/nvcc")
+    if problems:
+        if mode == "1":
+            _fail("FUSEDMLP_BUILD_CUDA=1 but the CUDA kernels cannot be built: " + "; ".join(problems))
+        print("fusedmlp: building without CUDA kernels: " + "; ".join(problems), file=sys.stderr)
+        return False
+    return True
+
+
+def _nvidia_wheel_include_dirs() -> list[str]:
+    """CUDA headers torch's own kernels need (cusparse.h, ...) ship in the nvidia-* wheels."""
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    dirs = []
+    for root in nvidia.__path__:
+        dirs += sorted(glob.glob(os.path.join(root, "cu*", "include")))
+        dirs += sorted(glob.glob(os.path.join(root, "*", "include")))
+    return [d for d in dict.fromkeys(dirs) if os.path.isdir(d)]
+
+
+def _extensions():
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    def rel(pattern):
+        return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+    sources = ["csrc/fusedmlp.cpp"] + rel("csrc/cpu/*.cpp")
+    include_dirs = [os.path.join(ROOT, "csrc", "include")]
+    # No -std flag: torch.utils.cpp_extension picks the standard its headers need (C++20 for 2.14).
+    cxx_flags = ["-O3", "-fvisibility=hidden"]
+    if not _want_cuda():
+        return [CppExtension("fusedmlp._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags})]
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+    nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", PTXAS_FLAGS]
+    return [
+        CUDAExtension(
+            "fusedmlp._C",
+            sources + rel("csrc/cuda/*.cu"),
+            include_dirs=include_dirs + _nvidia_wheel_include_dirs(),
+            extra_compile_args={"cxx": cxx_flags + ["-DFUSEDMLP_WITH_CUDA"], "nvcc": nvcc_flags},
+        )
+    ]
+
+
+def _build_ext():
+    from torch.utils.cpp_extension import BuildExtension
+
+    return BuildExtension.with_options(use_ninja=True)
+
+
+setup(
+    packages=find_packages(include=["fusedmlp", "fusedmlp.*"]) + ["fusedmlp.triton_kernels"],
+    package_dir={"fusedmlp.triton_kernels": "triton_kernels"},
+    ext_modules=_extensions(),
+    cmdclass={"build_ext": _build_ext()},
+)

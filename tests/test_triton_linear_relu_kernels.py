@@ -1,0 +1,432 @@
+"""Kernel-level tests of fusedmlp.triton_kernels.linear_relu (launchers, no autograd).
+
+Without a GPU the kernels run under the Triton interpreter on CPU tensors:
+tests/conftest.py sets TRITON_INTERPRET=1 before anything imports triton. With a GPU they
+run on CUDA. The AOT tests compile every kernel x autotune config x dtype for sm_80 and
+sm_90 in one subprocess (no GPU needed) and check spills and wgmma.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+triton = pytest.importorskip("triton")
+
+from fusedmlp.triton_kernels import linear_relu as tk  # noqa: E402
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+if INTERPRET:
+    DEVICE = "cpu"
+elif torch.cuda.is_available():
+    DEVICE = "cuda"
+else:
+    DEVICE = None
+
+needs_runtime = pytest.mark.skipif(
+    DEVICE is None, reason="Triton kernels need a CUDA device or TRITON_INTERPRET=1 (set by tests/conftest.py "
+    "before triton is imported when no GPU is present)")
+
+# The interpreter (Triton 3.8) keeps bf16 as raw uint16 and runs tl.dot and comparisons on
+# those bits, so bf16 results there are garbage for reasons that have nothing to do with our
+# kernels. bf16 is covered on GPU and by the AOT compile.
+_BF16_SKIP = pytest.mark.skipif(INTERPRET, reason="Triton interpreter computes bf16 dot/compare on raw bits")
+DTYPES = [
+    torch.float64,
+    torch.float32,
+    torch.float16,
+    pytest.param(torch.bfloat16, marks=_BF16_SKIP),
+]
+
+# (M, K, N). The interpreter config uses 16x16x16 tiles, so 15/16/17 are BLOCK-1/BLOCK/BLOCK+1.
+SHAPES = [
+    (1, 1, 1),
+    (7, 13, 5),
+    (33, 17, 65),
+    (15, 16, 17),
+    (17, 15, 16),
+    (16, 17, 15),
+    (5, 3, 1),  # out_features 1
+]
+
+
+# ---------------------------------------------------------------------------------------
+# Reference and comparison helpers.
+
+
+def _make(M, K, N, dtype, *, bias=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(M, K, generator=g, dtype=torch.float64)
+    w = torch.randn(N, K, generator=g, dtype=torch.float64) / max(K, 1) ** 0.5
+    b = torch.randn(N, generator=g, dtype=torch.float64) if bias else None
+    go = torch.randn(M, N, generator=g, dtype=torch.float64)
+    cast = lambda t: None if t is None else t.to(dtype=dtype, device=DEVICE)  # noqa: E731
+    return cast(x), cast(w), cast(b), cast(go)
+
+
+def _torch_linear_relu(x, w, b, relu, go):
+    """Forward and (dx, dw, db) of F.linear(+relu) by autograd, in the dtype of x."""
+    x = x.detach().requires_grad_()
+    w = w.detach().requires_grad_()
+    b = None if b is None else b.detach().requires_grad_()
+    y = F.linear(x, w, b)
+    if relu:
+        y = torch.relu(y)
+    inputs = [x, w] + ([b] if b is not None else [])
+    grads = torch.autograd.grad(y, inputs, go, allow_unused=True) if y.numel() else [torch.zeros_like(t) for t in inputs]
+    dx, dw = grads[0], grads[1]
+    db = grads[2] if b is not None else None
+    return y.detach(), dx, dw, db
+
+
+def _reference(x, w, b, relu, go):
+    """The fp64 reference, from the same (possibly low-precision) values."""
+    up = lambda t: None if t is None else t.double()  # noqa: E731
+    return _torch_linear_relu(up(x), up(w), up(b), relu, up(go))
+
+
+def _assert_close(actual, ref64, torch_same_dtype=None, name=""):
+    assert actual.dtype == (torch_same_dtype.dtype if torch_same_dtype is not None else actual.dtype)
+    if actual.dtype in (torch.float32, torch.float64):
+        torch.testing.assert_close(actual, ref64.to(actual.dtype), msg=lambda m: f"{name}: {m}")
+        return
+    # fp16/bf16, the flash-attention rule: our error against the fp64 reference is at most
+    # twice torch's own error in the same dtype, plus a floor of a few ulps of the output scale.
+    ours = (actual.double() - ref64).abs().max().item() if actual.numel() else 0.0
+    theirs = (torch_same_dtype.double() - ref64).abs().max().item() if actual.numel() else 0.0
+    eps = torch.finfo(actual.dtype).eps
+    floor = 4 * eps * max(ref64.abs().max().item() if ref64.numel() else 0.0, 1.0)
+    assert ours <= 2 * theirs + floor, f"{name}: max error {ours:.3g} > 2 * torch's {theirs:.3g} + {floor:.3g}"
+
+
+def _check(x, w, b, relu, go, output_mask=(True, True, True), *, y=None):
+    """Run our forward+backward and compare with the torch reference."""
+    y_ours = tk.linear_relu_fwd_triton(x, w, b, relu) if y is None else y
+    M, N = x.shape[0], w.shape[0]
+    assert y_ours.shape == (M, N) and y_ours.dtype == x.dtype and y_ours.is_contiguous()
+    grads = tk.linear_relu_bwd_triton(go, x, w, y_ours, relu, list(output_mask))
+    assert isinstance(grads, tuple) and len(grads) == 3
+
+    ref = _reference(x, w, b, relu, go)
+    low = x.dtype in (torch.float16, torch.bfloat16)
+    same = _torch_linear_relu(x, w, b, relu, go) if low else (None,) * 4
+    _assert_close(y_ours, ref[0], same[0], "output")
+
+    shapes = [tuple(x.shape), tuple(w.shape), (N,)]
+    names = ["grad_input", "grad_weight", "grad_bias"]
+    for i, (g, needed) in enumerate(zip(grads, output_mask)):
+        assert g.dtype == x.dtype and g.device == x.device, names[i]
+        if not needed:
+            assert g.numel() == 0 and g.shape == (0,), names[i]
+            continue
+        assert g.shape == shapes[i] and g.is_contiguous(), names[i]
+        ref_g = ref[i + 1]
+        if ref_g is None:  # bias gradient without a bias: still sum(grad_pre, 0)
+            pre = ref[0] if relu else None
+            gp = go.double() * (pre > 0) if relu else go.double()
+            ref_g = gp.sum(0)
+            same_g = None
+            if low:
+                same_g = (go * (y_ours > 0) if relu else go).float().sum(0).to(x.dtype)
+        else:
+            same_g = same[i + 1]
+        _assert_close(g, ref_g, same_g, names[i])
+    return y_ours, grads
+
+
+# ---------------------------------------------------------------------------------------
+# Interpreter / GPU correctness.
+
+
+@needs_runtime
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_matches_torch(shape, dtype):
+    M, K, N = shape
+    x, w, b, go = _make(M, K, N, dtype)
+    _check(x, w, b, True, go)
+
+
+@needs_runtime
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_relu_and_bias_flags(relu, bias, dtype):
+    x, w, b, go = _make(9, 19, 11, dtype, bias=bias)
+    _check(x, w, b, relu, go)
+
+
+@needs_runtime
+@pytest.mark.parametrize(
+    "output_mask", [(a, b, c) for a in (True, False) for b in (True, False) for c in (True, False)],
+    ids=lambda m: "".join("1" if v else "0" for v in m))
+def test_output_mask(output_mask):
+    x, w, b, go = _make(18, 7, 17, torch.float64)
+    _check(x, w, b, True, go, output_mask)
+
+
+@needs_runtime
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_non_contiguous_operands(dtype):
+    M, K, N = 19, 21, 18
+    x, w, b, go = _make(M, K, N, dtype)
+    x_t = x.t().contiguous().t()  # column-major input
+    w_t = w.t().contiguous().t()  # column-major weight
+    go_t = go.t().contiguous().t()
+    b_s = torch.stack([b, torch.full_like(b, float("nan"))], 1)[:, 0]  # bias with stride 2
+    assert not x_t.is_contiguous() and not w_t.is_contiguous() and b_s.stride() == (2,)
+    _check(x_t, w_t, b_s, True, go_t)
+    # A sliced (row-strided) input and weight.
+    x_big = torch.randn(2 * M, K + 3, dtype=dtype, device=DEVICE)
+    _check(x_big[::2, 1:K + 1], w, b, False, go)
+
+
+@needs_runtime
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
+def test_expanded_grad_output(relu):
+    """grad_output of y.sum() is a stride-(0, 0) expanded tensor."""
+    M, K, N = 20, 9, 17
+    x, w, b, _ = _make(M, K, N, torch.float64)
+    go = torch.ones(1, 1, dtype=x.dtype, device=DEVICE).expand(M, N)
+    assert go.stride() == (0, 0)
+    _check(x, w, b, relu, go)
+    go_row = torch.randn(1, N, dtype=x.dtype, device=DEVICE).expand(M, N)  # stride (0, 1)
+    _check(x, w, b, relu, go_row)
+
+
+@needs_runtime
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_batch_zero(dtype):
+    x, w, b, go = _make(0, 6, 5, dtype)
+    y = tk.linear_relu_fwd_triton(x, w, b, True)
+    assert y.shape == (0, 5)
+    dx, dw, db = tk.linear_relu_bwd_triton(go, x, w, y, True, [True, True, True])
+    assert dx.shape == (0, 6)
+    torch.testing.assert_close(dw, torch.zeros(5, 6, dtype=dtype, device=DEVICE), rtol=0, atol=0)
+    torch.testing.assert_close(db, torch.zeros(5, dtype=dtype, device=DEVICE), rtol=0, atol=0)
+
+
+@needs_runtime
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_in_features_zero(relu, bias):
+    x, w, b, go = _make(4, 0, 5, torch.float64, bias=bias)
+    if bias:
+        b = torch.tensor([1.0, -2.0, 0.5, -0.25, 3.0], dtype=x.dtype, device=DEVICE)
+    y, (dx, dw, db) = _check(x, w, b, relu, go)
+    assert dx.shape == (4, 0) and dw.shape == (5, 0)
+
+
+@needs_runtime
+def test_out_features_zero():
+    x, w, b, go = _make(4, 3, 0, torch.float64)
+    y = tk.linear_relu_fwd_triton(x, w, b, True)
+    assert y.shape == (4, 0)
+    dx, dw, db = tk.linear_relu_bwd_triton(go, x, w, y, True, [True, True, True])
+    torch.testing.assert_close(dx, torch.zeros_like(x), rtol=0, atol=0)
+    assert dw.shape == (0, 3) and db.shape == (0,)
+
+
+@needs_runtime
+def test_relu_mask_uses_output_sign():
+    """Exact zeros in the output block the gradient; the mask comes from `output`."""
+    x = torch.tensor([[1.0, -1.0], [2.0, 3.0]], dtype=torch.float64, device=DEVICE)
+    w = torch.tensor([[1.0, 1.0], [-1.0, 2.0], [0.0, -1.0]], dtype=torch.float64, device=DEVICE)
+    go = torch.ones(2, 3, dtype=torch.float64, device=DEVICE)
+    y = tk.linear_relu_fwd_triton(x, w, None, True)
+    torch.testing.assert_close(y, torch.relu(x @ w.t()), rtol=0, atol=0)
+    assert (y == 0).any()
+    _check(x, w, None, True, go, y=y)
+
+
+@needs_runtime
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_canary_views_and_no_mutation(dtype):
+    """Operands are views into larger NaN-filled buffers: any read outside the view that
+    reached a result would make it NaN. The buffers (and so the inputs) must be untouched."""
+    M, K, N = 17, 18, 15
+    x0, w0, b0, go0 = _make(M, K, N, dtype)
+
+    def embed(t, pad):
+        big = torch.full(tuple(s + 2 * pad for s in t.shape), float("nan"), dtype=dtype, device=DEVICE)
+        view = big[tuple(slice(pad, pad + s) for s in t.shape)]
+        view.copy_(t)
+        return big, view
+
+    bufs = {}
+    bufs["x"], x = embed(x0, 3)
+    bufs["w"], w = embed(w0, 2)
+    bufs["b"], b = embed(b0, 5)
+    bufs["go"], go = embed(go0, 1)
+    before = {k: v.clone() for k, v in bufs.items()}
+
+    y, grads = _check(x, w, b, True, go)
+    tk.linear_relu_bwd_triton(go, x, w, y, True, [True, True, True])  # backward twice
+    y_before = y.clone()
+    for k in bufs:
+        torch.testing.assert_close(bufs[k], before[k], rtol=0, atol=0, equal_nan=True, msg=f"{k} was mutated")
+    torch.testing.assert_close(y, y_before, rtol=0, atol=0)
+    for g in (y, *grads):
+        assert not g.isnan().any()
+
+
+@needs_runtime
+def test_deterministic():
+    x, w, b, go = _make(40, 20, 24, torch.float32)
+    y1 = tk.linear_relu_fwd_triton(x, w, b, True)
+    g1 = tk.linear_relu_bwd_triton(go, x, w, y1, True, [True, True, True])
+    y2 = tk.linear_relu_fwd_triton(x, w, b, True)
+    g2 = tk.linear_relu_bwd_triton(go, x, w, y2, True, [True, True, True])
+    assert torch.equal(y1, y2)
+    for a, c in zip(g1, g2):
+        assert torch.equal(a, c)
+
+
+@needs_runtime
+def test_rejects_bad_arguments():
+    x, w, b, go = _make(3, 4, 5, torch.float64)
+    with pytest.raises(RuntimeError, match="in_features"):
+        tk.linear_relu_fwd_triton(x, w[:, :3], b, True)
+    with pytest.raises(RuntimeError, match="dtype"):
+        tk.linear_relu_fwd_triton(x, w.float(), b, True)
+    with pytest.raises(RuntimeError, match="unsupported dtype"):
+        tk.linear_relu_fwd_triton(x.to(torch.int32), w.to(torch.int32), None, True)
+    with pytest.raises(RuntimeError, match="bias"):
+        tk.linear_relu_fwd_triton(x, w, b[:4], True)
+    y = tk.linear_relu_fwd_triton(x, w, b, True)
+    with pytest.raises(RuntimeError, match="grad_output"):
+        tk.linear_relu_bwd_triton(go[:, :4], x, w, y, True, [True, True, True])
+
+
+# ---------------------------------------------------------------------------------------
+# AOT compile for sm_80 / sm_90, no GPU needed.
+
+_AOT_ARCHS = (80, 90)
+
+# Runs in a subprocess without TRITON_INTERPRET (under the interpreter the kernels are not
+# JITFunctions). A fresh TRITON_CACHE_DIR makes every compile run ptxas, whose `-v` log
+# (printed with TRITON_DUMP_PTXAS_LOG=1) gives the spill counts: CompiledKernel.n_spills
+# is only filled in when a binary is loaded onto a GPU.
+_AOT_SCRIPT = textwrap.dedent(r"""
+    import contextlib, importlib, io, json, re, subprocess, sys, tempfile
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    modname, archs, report_path = sys.argv[1], [int(a) for a in sys.argv[2].split(",")], sys.argv[3]
+    tk = importlib.import_module(modname)
+
+    def ptxas_log_fallback(ptx, cap):
+        # Older Triton without TRITON_DUMP_PTXAS_LOG: run ptxas -v on the PTX ourselves.
+        from triton.backends.nvidia import compiler as nv
+        ptxas = nv.get_ptxas(cap).path if hasattr(nv, "get_ptxas") else nv._path_to_binary("ptxas")[0]
+        arch = nv.sm_arch_from_capability(cap)
+        with tempfile.TemporaryDirectory() as d:
+            src = f"{d}/k.ptx"
+            open(src, "w").write(ptx)
+            r = subprocess.run([ptxas, "-v", f"--gpu-name={arch}", src, "-o", f"{d}/k.o"],
+                               capture_output=True, text=True)
+            return r.stderr + r.stdout
+
+    results = []
+    for spec in tk.aot_compile_specs():
+        for cap in archs:
+            row = {k: spec[k] for k in ("kernel", "dtype", "variant", "config", "num_warps", "num_stages")}
+            row["arch"] = cap
+            buf = io.StringIO()
+            try:
+                src = ASTSource(fn=spec["fn"], signature=spec["signature"], constexprs=spec["constexprs"],
+                                attrs=spec["attrs"])
+                with contextlib.redirect_stdout(buf):
+                    compiled = triton.compile(src, target=GPUTarget("cuda", cap, 32),
+                                              options={"num_warps": spec["num_warps"],
+                                                       "num_stages": spec["num_stages"]})
+            except Exception as e:  # report every failure, not just the first
+                row["error"] = f"{type(e).__name__}: {e}"[:4000]
+                results.append(row)
+                continue
+            ptx = compiled.asm["ptx"]
+            log = buf.getvalue()
+            if "spill" not in log:
+                log = ptxas_log_fallback(ptx, cap)
+            spills = [int(s) + int(l) for s, l in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)]
+            regs = [int(r) for r in re.findall(r"Used (\d+) registers", log)]
+            row.update(spills=sum(spills) if spills else None, registers=max(regs) if regs else None,
+                       shared=compiled.metadata.shared, wgmma="wgmma.mma_async" in ptx,
+                       mma_sync="mma.sync" in ptx)
+            results.append(row)
+    json.dump(results, open(report_path, "w"), indent=1)
+""")
+
+
+@pytest.fixture(scope="module")
+def aot_report(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("triton_aot")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(TRITON_CACHE_DIR=str(tmp / "cache"), TRITON_DUMP_PTXAS_LOG="1")
+    report = tmp / "report.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", _AOT_SCRIPT, tk.__name__, ",".join(map(str, _AOT_ARCHS)), str(report)],
+        env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"AOT compile script failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    rows = json.loads(report.read_text())
+    assert rows, "no AOT specs compiled"
+    return rows
+
+
+def _label(r):
+    return f"{r['kernel']}[{r['variant']}] {r['dtype']} sm_{r['arch']} {r['config']} w{r['num_warps']} s{r['num_stages']}"
+
+
+@pytest.mark.slow
+class TestAOTCompile:
+    """Every kernel x autotune config x dtype compiles for sm_80 and sm_90 (no GPU needed)."""
+
+    def test_every_kernel_config_dtype_compiles(self, aot_report):
+        failed = [f"{_label(r)}: {r['error']}" for r in aot_report if "error" in r]
+        assert not failed, "\n".join(failed)
+        compiled = {(r["kernel"], r["dtype"], r["arch"]) for r in aot_report}
+        want = {(k, str(d).replace("torch.", ""), a) for k in tk.KERNELS for d in tk.SUPPORTED_DTYPES
+                for a in _AOT_ARCHS}
+        assert compiled == want
+
+    def test_no_register_spills(self, aot_report):
+        rows = [r for r in aot_report if "error" not in r]
+        unknown = [_label(r) for r in rows if r["spills"] is None]
+        assert not unknown, "no ptxas spill report for:\n" + "\n".join(unknown)
+        spilled = [f"{_label(r)}: {r['spills']} bytes spilled, {r['registers']} regs" for r in rows if r["spills"]]
+        assert not spilled, "\n".join(spilled)
+
+    def test_sm90_half_precision_uses_wgmma(self, aot_report):
+        rows = [r for r in aot_report if "error" not in r and r["arch"] == 90 and r["dtype"] in ("float16", "bfloat16")]
+        # Triton lowers a dot to wgmma for tiles of >= 64 rows with >= 4 warps; smaller tiles
+        # (kept for tiny layers) use mma.sync. Every such config must get wgmma, and every
+        # kernel/dtype must have at least one.
+        missing = [_label(r) for r in rows if r["num_warps"] >= 4 and _tile_rows(r) >= 64 and not r["wgmma"]]
+        assert not missing, "expected wgmma in:\n" + "\n".join(missing)
+        for kernel in tk.KERNELS:
+            for dtype in ("float16", "bfloat16"):
+                assert any(r["wgmma"] for r in rows if r["kernel"] == kernel and r["dtype"] == dtype), (kernel, dtype)
+
+    def test_sm80_uses_tensor_cores_for_half_and_fp64(self, aot_report):
+        # fp16/bf16 (and fp64, via DMMA) dots lower to mma.sync on sm_80; fp32 with
+        # input_precision="ieee" must NOT (tensor-core fp32 would be TF32).
+        for r in aot_report:
+            if "error" in r or r["arch"] != 80:
+                continue
+            if r["dtype"] == "float32":
+                assert not r["mma_sync"], _label(r)
+            else:
+                assert r["mma_sync"], _label(r)
+
+
+def _tile_rows(r):
+    """Rows of the kernel's output tile (the wgmma M dimension)."""
+    rows_name = {"_linear_relu_fwd_kernel": "BLOCK_M", "_linear_relu_bwd_dx_kernel": "BLOCK_M",
+                 "_linear_relu_bwd_dw_db_kernel": "BLOCK_N"}[r["kernel"]]
+    return r["config"][rows_name]
