@@ -96,6 +96,8 @@ def _nvidia_wheel_include_dirs() -> list[str]:
 
 
 def _extensions():
+    # Decide (and set CUDA_HOME) before torch.utils.cpp_extension reads it at import.
+    with_cuda = _want_cuda()
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     def rel(pattern):
@@ -105,7 +107,7 @@ def _extensions():
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     # No -std flag: torch.utils.cpp_extension picks the standard its headers need (C++20 for 2.14).
     cxx_flags = ["-O3", "-fvisibility=hidden"]
-    if not _want_cuda():
+    if not with_cuda:
         return [CppExtension("fusedmlp._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags})]
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
     nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", PTXAS_FLAGS]
