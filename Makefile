@@ -7,7 +7,7 @@ STAMP := build/.install-stamp
 SOURCES := $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh') setup.py pyproject.toml requirements-dev.txt
 export MAX_JOBS ?= 2
 
-.PHONY: install test test-fast bench bench-full lint clean
+.PHONY: install test test-fast bench bench-full bench-regress lint clean
 
 install: $(STAMP)
 
@@ -28,6 +28,9 @@ bench: install
 
 bench-full: install
 	$(PYTHON) -m fusedmlp.bench --full
+
+bench-regress: install
+	$(PYTHON) -m pytest bench -o python_files='bench_*.py' --benchmark-only --benchmark-autosave
 
 lint:
 	$(PYTHON) -m ruff check fusedmlp triton_kernels tests bench setup.py

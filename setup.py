@@ -37,7 +37,10 @@ def _toolkit_from_nvcc() -> str | None:
         return None
     try:
         dryrun = subprocess.run(
-            [nvcc, "--dryrun", "--version"], capture_output=True, text=True, timeout=60
+            [nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
+            capture_output=True,
+            text=True,
+            timeout=60,
         ).stderr
     except (OSError, subprocess.SubprocessError):
         dryrun = ""
@@ -47,8 +50,8 @@ def _toolkit_from_nvcc() -> str | None:
     candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
     for candidate in candidates:
         candidate = os.path.realpath(candidate)
-        if os.path.isfile(os.path.join(candidate, "bin", "nvcc")) and os.path.isdir(
-            os.path.join(candidate, "include")
+        if os.path.isfile(os.path.join(candidate, "bin", "nvcc")) and os.path.isfile(
+            os.path.join(candidate, "include", "cuda_runtime.h")
         ):
             return candidate
     return None
@@ -124,7 +127,14 @@ def _extensions():
 def _build_ext():
     from torch.utils.cpp_extension import BuildExtension
 
-    return BuildExtension.with_options(use_ninja=True)
+    class IncrementalBuildExtension(BuildExtension.with_options(use_ninja=True)):
+        def build_extensions(self):
+            # pip's editable builds compile in a fresh temporary folder every time; a fixed
+            # one lets ninja rebuild only the sources that changed (minutes per .cu file).
+            self.build_temp = os.path.join(ROOT, "build", "temp")
+            super().build_extensions()
+
+    return IncrementalBuildExtension
 
 
 setup(

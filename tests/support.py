@@ -35,10 +35,11 @@ def require(backend: str, device: str) -> None:
         pytest.skip(reason)
 
 
-def low_precision_close(actual: torch.Tensor, expected_fp32: torch.Tensor, torch_lowp: torch.Tensor,
-                        floor: float = 1e-3) -> None:
-    """The flash-attention rule for fp16/bf16: our error against an fp32 reference is at most
-    twice torch's own error in that dtype, plus a small floor."""
-    ours = (actual.float() - expected_fp32).abs().max().item() if actual.numel() else 0.0
-    theirs = (torch_lowp.float() - expected_fp32).abs().max().item() if actual.numel() else 0.0
+def close_to_reference(actual: torch.Tensor, reference: torch.Tensor, torch_same_dtype: torch.Tensor,
+                       floor: float = 1e-3) -> None:
+    """The flash-attention rule: against a higher-precision reference (fp32 for fp16/bf16, fp64
+    for fp32), our error is at most twice torch's own error in the same dtype, plus a floor."""
+    assert actual.shape == reference.shape and actual.dtype == torch_same_dtype.dtype
+    ours = (actual.to(reference.dtype) - reference).abs().max().item() if actual.numel() else 0.0
+    theirs = (torch_same_dtype.to(reference.dtype) - reference).abs().max().item() if actual.numel() else 0.0
     assert ours <= 2 * theirs + floor, f"max error {ours:.3e} > 2 x torch's {theirs:.3e} + {floor:.0e}"

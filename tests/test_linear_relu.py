@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from support import backend_device_params, low_precision_close, require
+from support import backend_device_params, close_to_reference, require
 
 import fusedmlp
 from fusedmlp import LinearReLUFunction
@@ -21,6 +21,7 @@ SHAPES = [  # (M, K, N): 1x1, odd and prime sizes, block +-1 around 16/32/64, ou
     (31, 64, 33),
     (65, 63, 1),
     (2, 129, 3),
+    (3, 7, 600),  # wider than one CPU bias-gradient block (256 columns)
 ]
 
 
@@ -58,16 +59,27 @@ def test_matches_torch(backend, device, dtype, shape, relu):
     x = torch.randn(M, K, device=device, dtype=dtype)
     w = torch.randn(N, K, device=device, dtype=dtype)
     b = torch.randn(N, device=device, dtype=dtype)
-    out, ref, grads, ref_grads = run_both(x, w, b, relu, backend)
-    torch.testing.assert_close(out, ref)
-    for g, r in zip(grads, ref_grads):
-        torch.testing.assert_close(g, r)
+    g = torch.randn(M, N, device=device, dtype=dtype)
+    out, torch_out, grads, torch_grads = run_both(x, w, b, relu, backend, grad=g)
+    if dtype == torch.float64:
+        torch.testing.assert_close(out, torch_out)
+        for ours, theirs in zip(grads, torch_grads):
+            torch.testing.assert_close(ours, theirs)
+        return
+    # fp32: reductions of hundreds of terms may be summed in another order than torch's, so
+    # compare both against an fp64 reference: our error at most 2x torch's own, plus 1e-5.
+    ref, _, ref_grads, _ = run_both(*(t.double() for t in (x, w, b)), relu, "torch", grad=g.double())
+    close_to_reference(out, ref, torch_out, floor=1e-5)
+    for ours, theirs, exact in zip(grads, torch_grads, ref_grads):
+        close_to_reference(ours, exact, theirs, floor=1e-5)
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision(backend, device, dtype):
     require(backend, device)
+    if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("the Triton interpreter computes bf16 dots on raw bit patterns; bf16 Triton runs on GPU only")
     torch.manual_seed(0)
     M, K, N = 37, 70, 45
     x32, w32, b32 = (torch.randn(*s, device=device) for s in ((M, K), (N, K), (N,)))
@@ -76,10 +88,10 @@ def test_low_precision(backend, device, dtype):
     lowp = [t.to(dtype) for t in (x32, w32, b32)]
     out, torch_out, grads, torch_grads = run_both(*lowp, True, backend, grad=g32.to(dtype))
     assert out.dtype == dtype
-    low_precision_close(out, ref32, torch_out)
+    close_to_reference(out, ref32, torch_out)
     for g, t, r in zip(grads, torch_grads, ref_grads32):
         assert g.dtype == dtype
-        low_precision_close(g, r, t, floor=1e-2)
+        close_to_reference(g, r, t, floor=1e-2)
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICE)

@@ -52,17 +52,21 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 #    small tile keeps tiny MLP layers (width 20-30) from wasting most of a 128 tile.
 #  * "fma" (fp32 with input_precision="ieee", fp64): these dots run without tf32 tensor
 #    cores, and 8-byte fp64 accumulators double register use, so large tiles would spill.
+# The first config of each family is the largest (the AOT test compiles every flag variant
+# and operand layout with it). Register budgets are tight: the AOT test found spills with
+# 128x128x64 (a stride-0 grad_output tile is loaded through registers, one pointer per
+# element, for every pipeline stage), with fma 64x64 at 4 warps, and with 3 stages there.
 # (rows, cols, red, group, num_warps, num_stages)
 _GPU_TILES = {
     "tensor_core": [
-        (128, 128, 64, 8, 8, 3),
+        (128, 128, 32, 8, 8, 4),
         (128, 64, 32, 8, 4, 4),
         (64, 128, 32, 8, 4, 4),
         (64, 64, 32, 8, 4, 4),
         (32, 32, 32, 8, 2, 4),
     ],
     "fma": [
-        (64, 64, 16, 8, 8, 3),
+        (64, 64, 16, 8, 8, 2),
         (32, 64, 32, 8, 4, 3),
         (32, 32, 16, 8, 2, 3),
     ],
@@ -345,11 +349,14 @@ KERNELS = {
                  "M": "int", "N": "int", "K": "int",
                  "stride_xm": "int", "stride_xk": "int", "stride_wn": "int", "stride_wk": "int",
                  "stride_b": "int", "stride_ym": "int", "stride_yn": "int"},
-        # "full" (the most work) is compiled for every config; the others for the largest.
+        # Launch-time flag combinations; "full" (the most work) is compiled for every config.
         "variants": {"full": {"HAS_BIAS": True, "RELU": True},
                      "plain": {"HAS_BIAS": False, "RELU": False}},
-        # Strides that are 1 for contiguous operands: Triton specializes them to constexpr 1.
-        "unit_strides": ("stride_xk", "stride_wk", "stride_b", "stride_yn"),
+        # Operand layouts, as the strides that are 1 in them: Triton specializes an int
+        # argument equal to 1 to a constexpr, which decides which dim loads vectorize along.
+        # "transposed": x and w are column-major views (x = a.t(), w = w_t.t()).
+        "layouts": {"contiguous": ("stride_xk", "stride_wk", "stride_b", "stride_yn"),
+                    "transposed": ("stride_xm", "stride_wn", "stride_b", "stride_yn")},
     },
     "_linear_relu_bwd_dx_kernel": {
         "fn": _linear_relu_bwd_dx_kernel,
@@ -358,7 +365,10 @@ KERNELS = {
                  "stride_gm": "int", "stride_gn": "int", "stride_ym": "int", "stride_yn": "int",
                  "stride_wn": "int", "stride_wk": "int", "stride_dxm": "int", "stride_dxk": "int"},
         "variants": {"full": {"RELU": True}, "plain": {"RELU": False}},
-        "unit_strides": ("stride_gn", "stride_yn", "stride_wk", "stride_dxk"),
+        # "grad_expanded": grad_output from .sum(), strides (0, 0).
+        "layouts": {"contiguous": ("stride_gn", "stride_yn", "stride_wk", "stride_dxk"),
+                    "transposed": ("stride_gn", "stride_yn", "stride_wn", "stride_dxk"),
+                    "grad_expanded": ("stride_yn", "stride_wk", "stride_dxk")},
     },
     "_linear_relu_bwd_dw_db_kernel": {
         "fn": _linear_relu_bwd_dw_db_kernel,
@@ -370,7 +380,9 @@ KERNELS = {
         "variants": {"full": {"RELU": True, "COMPUTE_DW": True, "COMPUTE_DB": True},
                      "plain": {"RELU": False, "COMPUTE_DW": True, "COMPUTE_DB": False},
                      "db_only": {"RELU": True, "COMPUTE_DW": False, "COMPUTE_DB": True}},
-        "unit_strides": ("stride_gn", "stride_yn", "stride_xk", "stride_dwk", "stride_db"),
+        "layouts": {"contiguous": ("stride_gn", "stride_yn", "stride_xk", "stride_dwk", "stride_db"),
+                    "transposed": ("stride_gn", "stride_yn", "stride_xm", "stride_dwk", "stride_db"),
+                    "grad_expanded": ("stride_yn", "stride_xk", "stride_dwk", "stride_db")},
     },
 }
 
@@ -378,13 +390,13 @@ _TRITON_PTR_TYPE = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float
                     torch.float64: "*fp64"}
 
 
-def _aot_spec(name: str, dtype: torch.dtype, cfg: triton.Config, variant: str,
-              constexprs: dict, general_strides: bool) -> dict:
+def _aot_spec(name: str, dtype: torch.dtype, cfg: triton.Config, variant: str, layout: str) -> dict:
     spec = KERNELS[name]
     fn = spec["fn"]
-    constexprs = dict(constexprs)
+    constexprs = dict(spec["variants"][variant])
     constexprs["ACC_DTYPE"] = tl.float64 if dtype == torch.float64 else tl.float32
     constexprs.update(cfg.kwargs)
+    unit_strides = spec["layouts"][layout]
     signature, attrs = {}, {}
     for i, arg in enumerate(fn.arg_names):
         kind = spec["args"].get(arg)
@@ -395,44 +407,43 @@ def _aot_spec(name: str, dtype: torch.dtype, cfg: triton.Config, variant: str,
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif kind != "int":
             raise KeyError(f"{name}: no AOT kind for argument {arg!r}")
-        elif general_strides:
-            # Any strides, sizes past 2**31 (Triton passes those as i64), no alignment.
-            signature[arg] = "i64"
-        elif arg in spec["unit_strides"]:
+        elif arg in unit_strides:
             signature[arg] = "constexpr"
             constexprs[arg] = 1
         else:
+            # Sizes and other strides as a launch with multiple-of-16 values (or stride 0)
+            # specializes them.
             signature[arg] = "i32"
             attrs[(i,)] = [["tt.divisibility", 16]]
     return {
         "kernel": name, "fn": fn, "dtype": str(dtype).replace("torch.", ""), "variant": variant,
-        "signature": signature, "constexprs": constexprs, "attrs": attrs,
+        "layout": layout, "signature": signature, "constexprs": constexprs, "attrs": attrs,
         "num_warps": cfg.num_warps, "num_stages": cfg.num_stages, "config": dict(cfg.kwargs),
     }
 
 
 def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
-    """Yield one dict per kernel x dtype x GPU autotune config x variant to AOT-compile.
+    """Yield one dict per kernel x dtype x GPU autotune config (x variant x layout) to compile.
 
-    The "full" variant (every epilogue/mask flag on, contiguous aligned operands as a
-    typical launch specializes them) is yielded for every config; the other flag variants
-    and "strided" (runtime i64 strides, no alignment hints: transposed or expanded
-    operands) only for the largest config of each dtype, where register pressure peaks.
+    Every config is compiled with the "full" flag variant and contiguous operands; the other
+    flag variants and operand layouts only with the largest config of each dtype, where
+    register pressure peaks.
 
     Each dict has: kernel, fn (a JITFunction only when TRITON_INTERPRET is unset), dtype
-    (str), variant, signature ({arg: triton type}), constexprs, attrs, num_warps,
-    num_stages, config (tile kwargs) -- what triton.compile(ASTSource(...)) needs.
+    (str), variant, layout, signature ({arg: triton type}), constexprs, attrs, num_warps,
+    num_stages, config (tile kwargs): what triton.compile(ASTSource(...)) needs.
     """
     for name, spec in KERNELS.items():
-        variants = spec["variants"]
         for dtype in dtypes:
             cfgs = gpu_configs(name, dtype)
             for cfg in cfgs:
-                yield _aot_spec(name, dtype, cfg, "full", variants["full"], False)
-            for variant, constexprs in variants.items():
+                yield _aot_spec(name, dtype, cfg, "full", "contiguous")
+            for variant in spec["variants"]:
                 if variant != "full":
-                    yield _aot_spec(name, dtype, cfgs[0], variant, constexprs, False)
-            yield _aot_spec(name, dtype, cfgs[0], "strided", variants["full"], True)
+                    yield _aot_spec(name, dtype, cfgs[0], variant, "contiguous")
+            for layout in spec["layouts"]:
+                if layout != "contiguous":
+                    yield _aot_spec(name, dtype, cfgs[0], "full", layout)
 
 
 # ---------------------------------------------------------------------------------------
@@ -442,6 +453,15 @@ def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
 def _device_guard(t: Tensor):
     # Triton launches on torch's current device/stream; make that the tensors' device.
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _tile_grid(rows: int, cols: int, row_block: str, col_block: Optional[str]):
+    """1-D launch grid over (rows x cols) output tiles, sized by the chosen config."""
+    def grid(meta):
+        n = triton.cdiv(rows, meta[row_block])
+        return (n * triton.cdiv(cols, meta[col_block]) if col_block else n,)
+
+    return grid
 
 
 def _acc_dtype(dtype: torch.dtype):
@@ -494,8 +514,7 @@ def linear_relu_fwd_triton(input: Tensor, weight: Tensor, bias: Optional[Tensor]
     # Placeholder for the unused bias pointer (never dereferenced when HAS_BIAS=False).
     b = bias if bias is not None else weight
     with _device_guard(input):
-        grid = lambda META: (triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(N, META["BLOCK_N"]),)
-        _linear_relu_fwd[grid](
+        _linear_relu_fwd[_tile_grid(M, N, "BLOCK_M", "BLOCK_N")](
             input, weight, b, out,
             M, N, K,
             input.stride(0), input.stride(1),
@@ -533,9 +552,9 @@ def linear_relu_bwd_triton(grad_output: Tensor, input: Tensor, weight: Tensor, o
     # Unused when not relu; grad_output has the right shape and dtype to stand in.
     y = output if relu else grad_output
     acc_dtype = _acc_dtype(input.dtype)
-    empty = input.new_empty(0)
 
-    grad_input = empty
+    # Gradients not asked for are distinct empty tensors: a custom op's outputs must not alias.
+    grad_input = input.new_empty(0)
     if need_dx:
         if N == 0:
             grad_input = torch.zeros((M, K), dtype=input.dtype, device=input.device)
@@ -543,9 +562,7 @@ def linear_relu_bwd_triton(grad_output: Tensor, input: Tensor, weight: Tensor, o
             grad_input = torch.empty((M, K), dtype=input.dtype, device=input.device)
             if M > 0 and K > 0:
                 with _device_guard(input):
-                    grid = lambda META: (
-                        triton.cdiv(M, META["BLOCK_M"]) * triton.cdiv(K, META["BLOCK_K"]),)
-                    _linear_relu_bwd_dx[grid](
+                    _linear_relu_bwd_dx[_tile_grid(M, K, "BLOCK_M", "BLOCK_K")](
                         grad_output, y, weight, grad_input,
                         M, N, K,
                         grad_output.stride(0), grad_output.stride(1),
@@ -555,8 +572,8 @@ def linear_relu_bwd_triton(grad_output: Tensor, input: Tensor, weight: Tensor, o
                         RELU=relu, ACC_DTYPE=acc_dtype,
                     )
 
-    grad_weight = empty
-    grad_bias = empty
+    grad_weight = input.new_empty(0)
+    grad_bias = input.new_empty(0)
     if need_dw or need_db:
         # M == 0 is an empty sum: zeros, no launch.
         alloc = torch.zeros if M == 0 else torch.empty
@@ -571,18 +588,14 @@ def linear_relu_bwd_triton(grad_output: Tensor, input: Tensor, weight: Tensor, o
             dw = grad_weight if compute_dw else grad_output
             db = grad_bias if need_db else grad_output
             with _device_guard(input):
-                if compute_dw:
-                    grid = lambda META: (
-                        triton.cdiv(N, META["BLOCK_N"]) * triton.cdiv(K, META["BLOCK_K"]),)
-                else:
-                    grid = lambda META: (triton.cdiv(N, META["BLOCK_N"]),)
+                grid = _tile_grid(N, K, "BLOCK_N", "BLOCK_K" if compute_dw else None)
                 _linear_relu_bwd_dw_db[grid](
                     grad_output, y, x, dw, db,
                     M, N, K,
                     grad_output.stride(0), grad_output.stride(1),
                     y.stride(0), y.stride(1),
                     x.stride(0), x.stride(1),
-                    dw.stride(0), dw.stride(1) if dw.dim() == 2 else 1,
+                    dw.stride(0), dw.stride(1),
                     db.stride(0),
                     RELU=relu, COMPUTE_DW=compute_dw, COMPUTE_DB=need_db, ACC_DTYPE=acc_dtype,
                 )

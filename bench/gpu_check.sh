@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The GPU kit: run on a lent GPU machine (no network, its own torch/triton) from the repo root:
+#   OUT=/some/folder bash bench/gpu_check.sh
+# Builds the extension there, runs the GPU-marked tests (and compute-sanitizer memcheck on a
+# small case when available), measures the copy-bandwidth and cuBLAS-GEMM ceilings, runs the
+# benchmark, and writes everything (at most 8 files) to $OUT. Budget: under 8 minutes.
+set -uo pipefail
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+started=$(date +%s)
+step() { echo "== $(( $(date +%s) - started ))s: $*" | tee -a "$OUT/summary.txt"; }
+
+step "environment"
+{ nvidia-smi; $PY -c "import torch, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda)";
+  $PY -c "import triton; print('triton', triton.__version__)"; nvcc --version; } > "$OUT/env.txt" 2>&1
+
+step "build (CUDA kernels required)"
+# sm_90 only: the H200 is the only GPU this script meets, and it halves the build time.
+if ! FUSEDMLP_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} \
+    timeout 300 $PY -m pip install --no-build-isolation --no-deps -v -e . > "$OUT/build.log" 2>&1; then
+  step "BUILD FAILED (see build.log)"; tail -30 "$OUT/build.log"; exit 1
+fi
+
+step "GPU tests"
+timeout 240 $PY -m pytest tests -m gpu -q -rs -p no:cacheprovider --junitxml="$OUT/tests_gpu.xml" \
+  > "$OUT/tests_gpu.log" 2>&1
+echo "pytest exit $?" | tee -a "$OUT/summary.txt"; tail -3 "$OUT/tests_gpu.log" | tee -a "$OUT/summary.txt"
+
+if command -v compute-sanitizer > /dev/null; then
+  step "compute-sanitizer memcheck (small cases)"
+  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/gpu_sanitize_case.py \
+    > "$OUT/sanitizer.log" 2>&1
+  echo "memcheck exit $?" | tee -a "$OUT/summary.txt"
+else
+  step "compute-sanitizer not found: memcheck skipped"
+fi
+
+step "ceilings: copy bandwidth and cuBLAS GEMM"
+timeout 60 $PY bench/gpu_ceilings.py > "$OUT/ceilings.json" 2>> "$OUT/summary.txt"
+cat "$OUT/ceilings.json" >> "$OUT/summary.txt"
+
+step "benchmark"
+timeout 200 $PY -m fusedmlp.bench --out "$OUT" > "$OUT/bench.txt" 2>&1
+echo "bench exit $?" | tee -a "$OUT/summary.txt"
+step "done"
