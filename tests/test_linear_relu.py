@@ -157,6 +157,18 @@ class TestInputSurface:
         reference(x, ref_w, b, True).sum().backward()
         torch.testing.assert_close(w.grad, ref_w.grad)
 
+    def test_nan_and_inf_propagate_like_torch(self, backend, device):
+        require(backend, device)
+        x = torch.randn(5, 6, device=device)
+        x[1, 2], x[3, 0] = float("nan"), float("inf")
+        grad = torch.randn(5, 4, device=device)
+        grad[0, 1] = float("nan")
+        out, ref, grads, ref_grads = run_both(x, torch.randn(4, 6, device=device), torch.randn(4, device=device),
+                                              True, backend, grad=grad)
+        torch.testing.assert_close(out, ref, equal_nan=True)
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, equal_nan=True)
+
     def test_inputs_not_mutated(self, backend, device):
         require(backend, device)
         x = torch.randn(5, 6, device=device, requires_grad=True)

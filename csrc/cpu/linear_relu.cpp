@@ -66,7 +66,8 @@ void relu_mask_bias_grad(const scalar_t* grad, const scalar_t* output, int64_t M
       for (int64_t m = 0; m < M; ++m) {
         const int64_t row = m * N + begin;
         for (int64_t j = 0; j < width; ++j) {
-          const scalar_t g = (relu && !(output[row + j] > scalar_t(0))) ? scalar_t(0) : grad[row + j];
+          // threshold_backward's rule: output <= 0 gives 0 (a NaN output passes its gradient).
+          const scalar_t g = (relu && output[row + j] <= scalar_t(0)) ? scalar_t(0) : grad[row + j];
           if (grad_pre != nullptr) grad_pre[row + j] = g;
           acc[j] += static_cast<opmath_t>(g);
         }

@@ -91,12 +91,13 @@ struct StridedMatrix {
 };
 
 // grad_pre = relu ? grad_output * (output > 0) : grad_output, evaluated on load.
-// A select rather than a multiply, like threshold_backward, so an inf/NaN
-// gradient under a dead unit still gives 0.
+// A select rather than a multiply, exactly threshold_backward's rule (output <= 0
+// gives 0): an inf/NaN gradient under a dead unit still gives 0, and a NaN output
+// passes its gradient through, as in torch.
 template <typename T>
 __device__ __forceinline__ T relu_grad(T grad, T output) {
   using acc_t = at::opmath_type<T>;
-  return static_cast<acc_t>(output) > acc_t(0) ? grad : T(0);
+  return static_cast<acc_t>(output) <= acc_t(0) ? T(0) : grad;
 }
 
 template <typename T>
