@@ -89,10 +89,11 @@ def _fused_sgd_kernel(
     else:
         lr = tl.load(table_ptr + 3).to(tl.float64, bitcast=True).to(ACC_DTYPE)
 
+    if HAS_FOUND_INF:
+        # A skipped step masks every element off.
+        numel = tl.where(tl.load(found_inf_ptr) == 0, numel, 0)
     offsets = start + tl.arange(0, BLOCK).to(tl.int64)
     mask = offsets < numel
-    if HAS_FOUND_INF:
-        mask = mask & (tl.load(found_inf_ptr) == 0)
     first_step = IS_FIRST_STEP
     if HAS_FIRST_STEP_SKIPPED:
         first_step = tl.load(first_step_skipped_ptr) != 0

@@ -104,9 +104,11 @@ class FusedSGD(Optimizer):
         for param, flag in self._first_step_skipped.items():
             saved = state_dict["state"].get(param_ids.get(param))
             if saved is not None and bool(flag.item()):
-                saved = dict(saved)
-                saved.pop("momentum_buffer", None)
-                state_dict["state"][param_ids[param]] = saved
+                saved = {k: v for k, v in saved.items() if k != "momentum_buffer"}
+                if saved:
+                    state_dict["state"][param_ids[param]] = saved
+                else:
+                    del state_dict["state"][param_ids[param]]
         return state_dict
 
     def _backend_for(self, device: torch.device) -> str:
