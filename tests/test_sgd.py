@@ -166,6 +166,25 @@ def test_param_without_grad_two_groups(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_grads_disappearing_after_steady_state(backend, device):
+    # FusedSGD reuses its grouping while every param has a grad; a missing grad must fall
+    # back to the full path, and a param whose grad returns keeps its buffer.
+    require(backend, device)
+    options = dict(lr=0.1, momentum=0.9, nesterov=True)
+    ours = make_params(device, torch.float64)
+    theirs = clone_params(ours)
+    opt, ref = fused(ours, backend, **options), reference(theirs, **options)
+    for step in range(5):
+        for i, (a, b, g) in enumerate(zip(ours, theirs, make_grads(ours, step))):
+            missing = step == 2 and i in (0, 3)
+            a.grad, b.grad = (None, None) if missing else (g.clone(), g.clone())
+        opt.step()
+        ref.step()
+        for a, b in zip(ours, theirs):
+            torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
 def test_first_step_sets_buffer_to_grad(backend, device):
     require(backend, device)
     params = make_params(device, torch.float64)

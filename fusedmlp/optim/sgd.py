@@ -75,6 +75,9 @@ class FusedSGD(Optimizer):
         # device so the skip decision never syncs; not part of the state_dict.
         self._first_step_skipped: dict[Tensor, Tensor] = {}
         self._resolved_backends: dict[torch.device, str] = {}
+        # id(param group) -> (its params list, its length, the calls of the last step:
+        # [device, params, momentum buffers, situation]); see _step_group.
+        self._plans: dict[int, tuple[list[Tensor], int, list[list]]] = {}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -91,6 +94,7 @@ class FusedSGD(Optimizer):
         for group in self.param_groups:
             group.update(_TORCH_IMPL_KEYS)  # a torch checkpoint's foreach/fused never turn the fused path off
         self._first_step_skipped.clear()
+        self._plans.clear()
 
     def state_dict(self) -> dict[str, Any]:
         state_dict = super().state_dict()
@@ -143,16 +147,29 @@ class FusedSGD(Optimizer):
         found_inf: Optional[Tensor],
         per_device: dict[torch.device, dict[str, Optional[Tensor]]],
     ) -> None:
+        # Steady state (every param has a grad and its buffers exist) reuses the previous
+        # step's grouping, so a step costs one list of grads per call in Python.
+        plan = self._plans.get(id(group))
+        if plan is not None and plan[0] is group["params"] and plan[1] == len(group["params"]):
+            grads_per_call = [[p.grad for p in call[1]] for call in plan[2]]
+            if not any(g is None for grads in grads_per_call for g in grads):
+                for call, grads in zip(plan[2], grads_per_call):
+                    call[3] = self._launch(group, call[0], call[1], grads, call[2], call[3], grad_scale, found_inf,
+                                           per_device)
+                return
+        self._plans.pop(id(group), None)
+
         momentum = group["momentum"]
-        lr = group["lr"]
         # One call per (device, dtype) and momentum-buffer situation: steady state is one call
         # per (device, dtype); params whose buffers start this step (first step, or a param
         # that got its first grad later) or whose buffers were created at a skipped step go
         # in their own calls, since they need a different first-step rule.
-        calls: dict[tuple, tuple[list[Tensor], list[Tensor], list[Tensor], Any]] = {}
+        calls: dict[tuple, list] = {}
+        all_have_grads = True
         for p in group["params"]:
             grad = p.grad
             if grad is None:
+                all_have_grads = False
                 continue
             if grad.is_sparse:
                 raise RuntimeError("`FusedSGD` does not support sparse gradients")
@@ -176,46 +193,80 @@ class FusedSGD(Optimizer):
             key = (p.device, p.dtype, situation if not isinstance(situation, Tensor) else id(situation))
             entry = calls.get(key)
             if entry is None:
-                entry = calls[key] = ([], [], [], situation)
-            entry[0].append(p)
-            entry[1].append(grad)
-            if buf is not None:
-                entry[2].append(buf)
+                entry = calls[key] = [p.device, [], [], situation, []]
+            entry[1].append(p)
+            entry[2].append(buf)
+            entry[4].append(grad)
 
-        for (device, _, _), (params, grads, bufs, situation) in calls.items():
-            scalars = per_device.get(device)
-            if scalars is None:
-                # As torch's _fused_sgd: GradScaler's tensors may live on another device.
-                scalars = per_device[device] = {
-                    "grad_scale": None if grad_scale is None else grad_scale.to(device, non_blocking=True),
-                    "found_inf": None if found_inf is None else found_inf.to(device, non_blocking=True),
-                }
-            lr_tensor = None
-            if isinstance(lr, Tensor):
-                lr_tensor = lr if lr.device == device else lr.to(device, non_blocking=True)
-            is_first_step = situation == "first"
-            first_step_skipped = situation if isinstance(situation, Tensor) else None
-            sgd_ops.fused_sgd_(
-                params,
-                grads,
-                bufs,
-                backend=self._backend_for(device),
-                weight_decay=group["weight_decay"],
-                momentum=momentum,
-                lr_tensor=lr_tensor,
-                lr=0.0 if lr_tensor is not None else lr,
-                dampening=group["dampening"],
-                nesterov=group["nesterov"],
-                maximize=group["maximize"],
-                is_first_step=is_first_step,
-                grad_scale=scalars["grad_scale"],
-                found_inf=scalars["found_inf"],
-                first_step_skipped=first_step_skipped,
+        for call in calls.values():
+            device, params, bufs, situation, grads = call
+            call[3] = self._launch(group, device, params, grads, bufs if momentum != 0 else [], situation,
+                                   grad_scale, found_inf, per_device)
+        if all_have_grads:
+            self._plans[id(group)] = (
+                group["params"],
+                len(group["params"]),
+                [[device, params, bufs if momentum != 0 else [], situation]
+                 for device, params, bufs, situation, _ in calls.values()],
             )
-            device_found_inf = scalars["found_inf"]
-            if momentum != 0 and device_found_inf is not None and (is_first_step or first_step_skipped is not None):
-                # Still unset after this step iff it was a first step and it was skipped.
-                skipped = (device_found_inf.reshape(()) != 0).float()
-                flag = skipped if is_first_step else skipped * first_step_skipped
-                for p in params:
-                    self._first_step_skipped[p] = flag
+
+    def _launch(
+        self,
+        group: dict[str, Any],
+        device: torch.device,
+        params: list[Tensor],
+        grads: list[Tensor],
+        bufs: list[Tensor],
+        situation: Any,
+        grad_scale: Optional[Tensor],
+        found_inf: Optional[Tensor],
+        per_device: dict[torch.device, dict[str, Optional[Tensor]]],
+    ) -> Any:
+        """One fused call; returns the buffers' situation for the next step: None (steady),
+        or a device flag that is nonzero while they are still unset."""
+        scalars = per_device.get(device)
+        if scalars is None:
+            # As torch's _fused_sgd: GradScaler's tensors may live on another device.
+            scalars = per_device[device] = {
+                "grad_scale": None if grad_scale is None else grad_scale.to(device, non_blocking=True),
+                "found_inf": None if found_inf is None else found_inf.to(device, non_blocking=True),
+            }
+        lr = group["lr"]
+        lr_tensor = None
+        if isinstance(lr, Tensor):
+            lr_tensor = lr if lr.device == device else lr.to(device, non_blocking=True)
+        is_first_step = situation == "first"
+        first_step_skipped = situation if isinstance(situation, Tensor) else None
+        sgd_ops.fused_sgd_(
+            params,
+            grads,
+            bufs,
+            backend=self._backend_for(device),
+            weight_decay=group["weight_decay"],
+            momentum=group["momentum"],
+            lr_tensor=lr_tensor,
+            lr=0.0 if lr_tensor is not None else lr,
+            dampening=group["dampening"],
+            nesterov=group["nesterov"],
+            maximize=group["maximize"],
+            is_first_step=is_first_step,
+            grad_scale=scalars["grad_scale"],
+            found_inf=scalars["found_inf"],
+            first_step_skipped=first_step_skipped,
+        )
+        if not (is_first_step or first_step_skipped is not None):
+            return None
+        device_found_inf = scalars["found_inf"]
+        if device_found_inf is None:
+            if first_step_skipped is None:
+                return None
+            # Without GradScaler nothing is skipped: the buffers are set from now on.
+            for p in params:
+                self._first_step_skipped.pop(p, None)
+            return None
+        # Still unset after this step iff it was a first step and it was skipped.
+        skipped = (device_found_inf.reshape(()) != 0).to(torch.float32)
+        flag = skipped if is_first_step else skipped * first_step_skipped
+        for p in params:
+            self._first_step_skipped[p] = flag
+        return flag
