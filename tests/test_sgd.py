@@ -15,10 +15,10 @@ import textwrap
 
 import pytest
 import torch
+from support import backend_device_params, low_precision_close, require
 
 import fusedmlp
 from fusedmlp.ops import sgd as sgd_ops
-from tests.support import backend_device_params, low_precision_close, require
 
 BACKEND_DEVICE = backend_device_params()
 
