@@ -200,8 +200,8 @@ def fused_sgd_triton_(
 
 
 def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
-    """One dict per dtype x flag variant to AOT-compile (see tests/test_sgd.py): the variant
-    with every option on (most registers live) and the plain one.
+    """One dict per dtype x flag variant to AOT-compile (see tests/test_sgd.py): every option
+    on (most registers live), the two momentum steps as a training loop runs them, and plain.
 
     Each dict has: kernel, fn, dtype, variant, signature, constexprs, attrs, num_warps,
     num_stages, config -- what triton.compile(ASTSource(...)) needs.
@@ -210,6 +210,12 @@ def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
         "all_options": dict(HAS_WEIGHT_DECAY=True, HAS_MOMENTUM=True, NESTEROV=True, MAXIMIZE=True,
                             IS_FIRST_STEP=False, HAS_LR_TENSOR=True, HAS_GRAD_SCALE=True, HAS_FOUND_INF=True,
                             HAS_FIRST_STEP_SKIPPED=True),
+        "momentum_first_step": dict(HAS_WEIGHT_DECAY=True, HAS_MOMENTUM=True, NESTEROV=False, MAXIMIZE=False,
+                                    IS_FIRST_STEP=True, HAS_LR_TENSOR=False, HAS_GRAD_SCALE=False,
+                                    HAS_FOUND_INF=False, HAS_FIRST_STEP_SKIPPED=False),
+        "momentum_steady": dict(HAS_WEIGHT_DECAY=False, HAS_MOMENTUM=True, NESTEROV=False, MAXIMIZE=False,
+                                IS_FIRST_STEP=False, HAS_LR_TENSOR=False, HAS_GRAD_SCALE=False, HAS_FOUND_INF=False,
+                                HAS_FIRST_STEP_SKIPPED=False),
         "plain": dict(HAS_WEIGHT_DECAY=False, HAS_MOMENTUM=False, NESTEROV=False, MAXIMIZE=False,
                       IS_FIRST_STEP=False, HAS_LR_TENSOR=False, HAS_GRAD_SCALE=False, HAS_FOUND_INF=False,
                       HAS_FIRST_STEP_SKIPPED=False),
