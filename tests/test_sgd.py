@@ -288,7 +288,7 @@ def test_loading_a_torch_checkpoint_keeps_the_fused_path(monkeypatch):
 
 def scaled_training(optimizer_factory, params, inf_step, steps=4):
     opt = optimizer_factory(params)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**4, growth_interval=2)
+    scaler = torch.amp.GradScaler(params[0].device.type, init_scale=2.0**4, growth_interval=2)
     for step in range(steps):
         loss = sum((p * g).sum() for p, g in zip(params, make_grads(params, step)))
         scaler.scale(loss).backward()
@@ -301,7 +301,7 @@ def scaled_training(optimizer_factory, params, inf_step, steps=4):
     return opt, scaler
 
 
-@pytest.mark.parametrize("backend,device", [p for p in BACKEND_DEVICE if p.values[1] == "cpu"])
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
 @pytest.mark.parametrize("inf_step", [0, 1])
 @pytest.mark.parametrize("dampening", [0.0, 0.5])
 def test_grad_scaler_skips_step_with_inf(backend, device, inf_step, dampening):
@@ -317,7 +317,7 @@ def test_grad_scaler_skips_step_with_inf(backend, device, inf_step, dampening):
         torch.testing.assert_close(opt.state[a]["momentum_buffer"], ref.state[b]["momentum_buffer"])
 
 
-@pytest.mark.parametrize("backend,device", [p for p in BACKEND_DEVICE if p.values[1] == "cpu"])
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
 def test_grad_scaler_skipped_first_step_leaves_no_buffer_in_checkpoint(backend, device):
     require(backend, device)
     params = make_params(device, torch.float32)
@@ -349,6 +349,17 @@ def test_op_found_inf_skips_and_grad_scale_unscales(backend, device, momentum):
     sgd_ops.fused_sgd_torch_(expected_params, grads, expected_bufs, **kwargs)
     for t, e in zip(params + bufs, expected_params + expected_bufs):
         torch.testing.assert_close(t, e)
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKEND_DEVICE if p.values[1] == "cuda"])
+def test_64bit_indexing(backend, device):
+    # A tensor past 2**31 elements: element offsets must be 64-bit in every kernel.
+    require(backend, device)
+    numel = 2**31 + 64
+    param = torch.zeros(numel, dtype=torch.float16, device=device)
+    param.grad = torch.ones_like(param)
+    fused([param], backend, lr=1.0).step()
+    assert param[0].item() == -1 and param[2**31 + 7].item() == -1 and param[-1].item() == -1
 
 
 # ---------------------------------------------------------------------------------------
