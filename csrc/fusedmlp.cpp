@@ -23,4 +23,16 @@ TORCH_LIBRARY(fusedmlp, m) {
   m.def(
       "linear_relu_bwd(Tensor grad_output, Tensor input, Tensor weight, Tensor output, bool relu, "
       "bool[3] output_mask) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+
+  // SGD step (torch.optim.SGD semantics), one call per (device, dtype) group of tensors, in
+  // the style of ATen's _fused_sgd_. Updates params (and momentum_buffers, one per param,
+  // or none when momentum == 0) in place; grads are read only. lr_tensor, when given,
+  // replaces lr and is read on the device. grad_scale divides every grad; found_inf != 0
+  // skips the whole step inside the kernel (no host sync). The step is a first step (the
+  // momentum buffer becomes the gradient) when is_first_step, or when first_step_skipped is
+  // given and nonzero: buffers created at a step that GradScaler skipped are still unset.
+  m.def(
+      "fused_sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, *, float weight_decay, "
+      "float momentum, Tensor? lr_tensor, float lr, float dampening, bool nesterov, bool maximize, "
+      "bool is_first_step, Tensor? grad_scale=None, Tensor? found_inf=None, Tensor? first_step_skipped=None) -> ()");
 }

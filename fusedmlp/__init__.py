@@ -7,9 +7,12 @@ Backends: "cuda" (CUDA C++), "triton", "cpu" (C++), "torch" (plain PyTorch refer
 from fusedmlp import ops as _ops  # noqa: F401
 from fusedmlp._backend import BACKENDS, available_backends
 from fusedmlp.ops import linear_relu as _linear_relu_ops  # noqa: F401  (registers fakes and Triton ops)
+from fusedmlp.ops import sgd as _sgd_ops  # noqa: F401  (registers fakes and Triton ops)
 from fusedmlp import functional
 from fusedmlp.autograd import LinearReLUFunction
 from fusedmlp.nn import FusedLinear, FusedLinearReLU
+from fusedmlp import optim
+from fusedmlp.optim import FusedSGD
 
 __version__ = "0.1.0"
 
@@ -17,7 +20,9 @@ __all__ = [
     "BACKENDS",
     "FusedLinear",
     "FusedLinearReLU",
+    "FusedSGD",
     "LinearReLUFunction",
     "available_backends",
     "functional",
+    "optim",
 ]
