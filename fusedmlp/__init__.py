@@ -6,15 +6,18 @@ Backends: "cuda" (CUDA C++), "triton", "cpu" (C++), "torch" (plain PyTorch refer
 
 from fusedmlp import ops as _ops  # noqa: F401
 from fusedmlp._backend import BACKENDS, available_backends
+from fusedmlp.ops import cross_entropy as _cross_entropy_ops  # noqa: F401  (registers fakes and Triton ops)
 from fusedmlp.ops import linear_relu as _linear_relu_ops  # noqa: F401  (registers fakes and Triton ops)
 from fusedmlp import functional
-from fusedmlp.autograd import LinearReLUFunction
-from fusedmlp.nn import FusedLinear, FusedLinearReLU
+from fusedmlp.autograd import CrossEntropyFunction, LinearReLUFunction
+from fusedmlp.nn import FusedCrossEntropyLoss, FusedLinear, FusedLinearReLU
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "CrossEntropyFunction",
+    "FusedCrossEntropyLoss",
     "FusedLinear",
     "FusedLinearReLU",
     "LinearReLUFunction",
