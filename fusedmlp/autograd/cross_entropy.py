@@ -98,14 +98,30 @@ class CrossEntropyFunction(torch.autograd.Function):
                 "Use inplace_backward=False to backpropagate more than once."
             )
         (grad,) = ctx.saved_tensors
-        scale = grad_output.to(grad.dtype)
-        scale = scale[:, None] if ctx.reduction == "none" else scale.reshape(())
         if ctx.inplace_backward:
             ctx.backward_done = True
-            grad_logits = grad.mul_(scale)
-        else:
-            grad_logits = grad * scale
+        if _is_one_on_cpu(grad_output):
+            # loss.backward() on CPU: the saved gradient is the answer, so skip a logits-sized
+            # allocation and pass. Autograd never writes into incoming gradients, and
+            # AccumulateGrad copies a gradient that is still saved here (retain_graph=True)
+            # instead of adopting it, so later backwards still see the saved values.
+            return grad, None, None, None, None, None, None, None, None
+        scale = grad_output.to(grad.dtype)
+        scale = scale[:, None] if ctx.reduction == "none" else scale.reshape(())
+        grad_logits = grad.mul_(scale) if ctx.inplace_backward else grad * scale
         return grad_logits, None, None, None, None, None, None, None, None
+
+
+def _is_one_on_cpu(grad_output: Tensor) -> bool:
+    """Whether a CPU grad_output is the scalar 1 (reading a CPU value is no device sync;
+    under torch.compile the multiply is kept, as the value is not known when tracing)."""
+    return (
+        grad_output.device.type == "cpu"
+        and grad_output.numel() == 1
+        and grad_output.dim() == 0
+        and not torch.compiler.is_compiling()
+        and bool(grad_output == 1)
+    )
 
 
 def _register_operator_autograd(op_name: str) -> None:
