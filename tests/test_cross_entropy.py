@@ -455,10 +455,10 @@ def test_backend_errors():
         fusedmlp.FusedCrossEntropyLoss(backend="nope")
 
 
-def test_int64_row_offsets_probe():
-    """A row index times C beyond 2**31 (as a [N, C] view with a huge row stride would need)
-    is exercised on GPU; on CPU, check the kernel's offsets with a wide row instead."""
+def test_wide_row():
+    """A row wider than the CPU kernel's vector loops and the thread-pool grain. (A probe
+    with row offsets past 2**31 needs > 8 GB of logits: not run here.)"""
     C = 70000
     x = torch.randn(2, C)
     t = torch.tensor([C - 1, 0])
-    assert_same(*both(x, t, "cpu"))
+    assert_same(*both(x, t, "cpu", label_smoothing=0.1))
