@@ -111,7 +111,8 @@ def cross_entropy(
     validate: bool = False,
 ) -> Tensor:
     """``F.cross_entropy`` as one fused kernel: loss and logits gradient are computed together
-    in forward (online softmax, fp32 accumulation) and backward only scales the gradient.
+    in forward (fp32 accumulation; an online softmax on GPU) and backward only scales the
+    gradient, so the only logits-sized tensor kept for backward is that gradient.
 
     Same arguments, shapes, reductions and results as ``torch.nn.functional.cross_entropy``
     (``size_average``/``reduce`` are not accepted). Extra keyword-only arguments:

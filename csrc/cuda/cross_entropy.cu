@@ -154,7 +154,12 @@ __global__ void cross_entropy_fwd_kernel(CrossEntropyArgs<scalar_t, at::opmath_t
     // Ignored rows: a zero gradient that is NaN where the softmax is (as torch's).
     c1 = valid ? A * scale / s : acc_t(0) / s;
   }
-  if constexpr (ROW_THREADS > kWarp) __syncthreads();  // every thread has read x_t
+  // Every thread of the row has read x_t before pass 2 may overwrite it (in-place mode).
+  if constexpr (ROW_THREADS > kWarp) {
+    __syncthreads();
+  } else {
+    __syncwarp();
+  }
 
   // Pass 2: the gradient, and sum_j a_j (x_j - m).
   acc_t dot = 0;
