@@ -35,4 +35,18 @@ TORCH_LIBRARY(fusedmlp, m) {
       "fused_sgd_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, *, float weight_decay, "
       "float momentum, Tensor? lr_tensor, float lr, float dampening, bool nesterov, bool maximize, "
       "bool is_first_step, Tensor? grad_scale=None, Tensor? found_inf=None, Tensor? first_step_skipped=None) -> ()");
+
+  // Softmax-cross-entropy over rows (see csrc/include/fusedmlp/cross_entropy.h).
+  // logits [N, C]; target class indices [N] (int64) or class probabilities [N, C];
+  // weight [C]. Returns the per-row loss [N] (weighted, unreduced, in float32, or float64
+  // for float64 logits) and the gradient of sum_i(loss_i) * grad_scale with respect to the
+  // logits ([N, C], logits' dtype; empty when compute_grad is false). Backward only scales it.
+  m.def(
+      "cross_entropy_fwd(Tensor logits, Tensor target, Tensor? weight, int ignore_index, float label_smoothing, "
+      "Tensor? grad_scale, bool compute_grad) -> (Tensor loss, Tensor grad_logits)");
+  // The same, writing the gradient over the logits (opt-in memory saver for huge
+  // vocabularies): the caller's logits are destroyed.
+  m.def(
+      "cross_entropy_fwd_inplace(Tensor(a!) logits, Tensor target, Tensor? weight, int ignore_index, "
+      "float label_smoothing, Tensor? grad_scale) -> Tensor loss");
 }

@@ -4,20 +4,22 @@ Backends: "cuda" (CUDA C++), "triton", "cpu" (C++), "torch" (plain PyTorch refer
 "auto" (the best one built for the tensor's device). See ``available_backends``.
 """
 
+from fusedmlp import functional, optim
 from fusedmlp import ops as _ops  # noqa: F401
 from fusedmlp._backend import BACKENDS, available_backends
+from fusedmlp.autograd import CrossEntropyFunction, LinearReLUFunction
+from fusedmlp.nn import FusedCrossEntropyLoss, FusedLinear, FusedLinearReLU
+from fusedmlp.ops import cross_entropy as _cross_entropy_ops  # noqa: F401  (registers fakes and Triton ops)
 from fusedmlp.ops import linear_relu as _linear_relu_ops  # noqa: F401  (registers fakes and Triton ops)
 from fusedmlp.ops import sgd as _sgd_ops  # noqa: F401  (registers fakes and Triton ops)
-from fusedmlp import functional
-from fusedmlp.autograd import LinearReLUFunction
-from fusedmlp.nn import FusedLinear, FusedLinearReLU
-from fusedmlp import optim
 from fusedmlp.optim import FusedSGD
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "CrossEntropyFunction",
+    "FusedCrossEntropyLoss",
     "FusedLinear",
     "FusedLinearReLU",
     "FusedSGD",

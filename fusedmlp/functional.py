@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import math
+import os
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 from fusedmlp._backend import resolve_backend
+from fusedmlp.autograd.cross_entropy import REDUCTIONS, CrossEntropyFunction
 from fusedmlp.autograd.linear_relu import LinearReLUFunction
+from fusedmlp.ops.cross_entropy import check_targets_in_range
 
-__all__ = ["linear", "linear_relu"]
+__all__ = ["cross_entropy", "linear", "linear_relu"]
+
+# FUSEDMLP_VALIDATE_TARGETS=1 turns on the GPU target-range check for every call (read once,
+# at import, so it costs nothing per call and stays constant under torch.compile).
+VALIDATE_TARGETS = os.environ.get("FUSEDMLP_VALIDATE_TARGETS", "0") == "1"
 
 
 def _linear(input: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool, backend: str) -> Tensor:
@@ -36,3 +45,122 @@ def linear(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, back
     return _linear(input, weight, bias, False, backend)
 
 
+def _cross_entropy_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, tuple[int, ...], bool]:
+    """(logits [M, C], target rows, the unreduced loss shape, whether targets are
+    probabilities), with torch's shape rules: input (C), (N, C) or (N, C, d1, ...); the
+    target holds probabilities exactly when its shape equals the input's."""
+    if input.dim() == 0:
+        raise RuntimeError("cross_entropy: expected an input with at least 1 dimension, got a 0-D tensor")
+    probabilities = target.shape == input.shape
+    if probabilities:
+        if not target.dtype.is_floating_point:
+            raise RuntimeError(
+                f"Expected floating point type for target with class probabilities, got {_dtype_name(target.dtype)}"
+            )
+    elif target.dtype not in (torch.int64, torch.uint8):
+        raise RuntimeError(f"expected target dtype to be Long or Byte, but got {_dtype_name(target.dtype)}")
+    num_classes = input.shape[0] if input.dim() == 1 else input.shape[1]
+    if input.dim() == 1:  # one sample without a batch dimension
+        if not probabilities:
+            if target.dim() > 1:
+                raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
+            if target.dim() == 1 and target.shape[0] != 1:
+                raise ValueError(
+                    f"For 1D input, 1D target must have size 1, but got target size: {target.shape[0]}"
+                )
+        return input.reshape(1, -1), target.reshape(1, -1) if probabilities else target.reshape(1), (), probabilities
+    loss_shape = (input.shape[0], *input.shape[2:])
+    if not probabilities:
+        if input.dim() == 2:
+            if target.dim() > 1:
+                raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
+            batch = target.shape[0] if target.dim() == 1 else 0
+            if batch != input.shape[0]:
+                raise ValueError(f"Expected input batch_size ({input.shape[0]}) to match target batch_size ({batch}).")
+        elif tuple(target.shape) != loss_shape:
+            raise RuntimeError(f"Expected target size {list(loss_shape)}, got {list(target.shape)}")
+    # Classes last, then rows: (N, C, d1, ...) -> (N, d1, ..., C) -> [M, C]. A copy only when
+    # there are spatial dims.
+    if input.dim() > 2:
+        input = input.movedim(1, -1)
+        if probabilities:
+            target = target.movedim(1, -1)
+    rows = math.prod(loss_shape)
+    logits = input.reshape(rows, num_classes)
+    target = target.reshape(rows, num_classes) if probabilities else target.reshape(rows)
+    return logits, target, loss_shape, probabilities
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    """torch's C++ spelling of a dtype in error messages (Long, Int, Float, ...)."""
+    return {torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
+            torch.bool: "Bool", torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
+            torch.bfloat16: "BFloat16"}.get(dtype, str(dtype))
+
+
+def cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor] = None,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    *,
+    backend: str = "auto",
+    inplace_backward: bool = False,
+    validate: bool = False,
+) -> Tensor:
+    """``F.cross_entropy`` as one fused kernel: loss and logits gradient are computed together
+    in forward (fp32 accumulation; an online softmax on GPU) and backward only scales the
+    gradient, so the only logits-sized tensor kept for backward is that gradient.
+
+    Same arguments, shapes, reductions and results as ``torch.nn.functional.cross_entropy``
+    (``size_average``/``reduce`` are not accepted). Extra keyword-only arguments:
+
+    - ``backend``: "auto", "cpu", "cuda", "triton" or "torch" (see ``available_backends``).
+    - ``inplace_backward``: write the gradient into ``input``'s buffer instead of a new
+      tensor (for very large vocabularies, where one more logits-sized tensor matters).
+      ``input`` is overwritten by the forward (so it must not be needed afterwards, must be
+      a contiguous [N, C] or (C,) tensor) and the graph can be backpropagated only once.
+    - ``validate``: check class-index targets against [0, C) on GPU too, raising IndexError
+      like torch on CPU (reads the targets on the host: a sync). CPU always validates.
+      ``FUSEDMLP_VALIDATE_TARGETS=1`` in the environment turns it on for every call.
+    """
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{reduction} is not a valid value for reduction")
+    if label_smoothing > 1.0:
+        raise RuntimeError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    backend = resolve_backend(backend, input.device)
+    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(
+            "The function 'cross_entropy' is not differentiable with respect to argument 'weight'. "
+            "This input cannot have requires_grad True."
+        )
+    logits, rows_target, loss_shape, probabilities = _cross_entropy_rows(input, target)
+    if probabilities and ignore_index != -100:
+        raise RuntimeError("ignore_index is not supported for floating point target")
+    if probabilities and target.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(
+            "fusedmlp cross_entropy: gradients with respect to probability targets are not supported; "
+            "pass target.detach(), or use torch.nn.functional.cross_entropy for that case"
+        )
+    if probabilities and rows_target.dtype != logits.dtype:
+        rows_target = rows_target.to(logits.dtype)
+    if not probabilities and rows_target.dtype != torch.int64:
+        rows_target = rows_target.to(torch.int64)
+    if not probabilities and (validate or VALIDATE_TARGETS) and input.device.type != "cpu":
+        check_targets_in_range(rows_target, logits.shape[1], ignore_index)
+    compute_grad = torch.is_grad_enabled() and input.requires_grad
+    if inplace_backward:
+        if input.dim() > 2 or not input.is_contiguous():
+            raise RuntimeError(
+                "fusedmlp cross_entropy(inplace_backward=True) needs a contiguous (C) or (N, C) input to write the "
+                "gradient into"
+            )
+    loss = CrossEntropyFunction.apply(
+        logits, rows_target, weight, ignore_index, label_smoothing, reduction, backend, compute_grad,
+        inplace_backward,
+    )
+    if probabilities:
+        loss = loss.to(torch.promote_types(input.dtype, target.dtype))
+    return loss.reshape(loss_shape) if reduction == "none" else loss

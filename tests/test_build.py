@@ -14,7 +14,7 @@ import torch
 from fusedmlp import _backend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OPS = ["linear_relu_fwd", "linear_relu_bwd", "fused_sgd_"]
+OPS = ["linear_relu_fwd", "linear_relu_bwd", "cross_entropy_fwd", "cross_entropy_fwd_inplace", "fused_sgd_"]
 
 
 def _cuda_build_expected() -> bool:

@@ -1,5 +1,6 @@
 """Drop-in ``nn.Module``s."""
 
 from fusedmlp.nn.linear import FusedLinear, FusedLinearReLU
+from fusedmlp.nn.loss import FusedCrossEntropyLoss
 
-__all__ = ["FusedLinear", "FusedLinearReLU"]
+__all__ = ["FusedCrossEntropyLoss", "FusedLinear", "FusedLinearReLU"]

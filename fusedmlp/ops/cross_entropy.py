@@ -1,0 +1,255 @@
+"""Softmax-cross-entropy as registered operators, one per backend, and the dispatch among them.
+
+- ``torch.ops.fusedmlp.cross_entropy_fwd`` / ``cross_entropy_fwd_inplace``: C++ kernels (CPU, CUDA).
+- ``torch.ops.fusedmlp.cross_entropy_fwd_triton`` / ``cross_entropy_fwd_inplace_triton``: Triton.
+- ``cross_entropy_fwd_torch``: the plain-PyTorch reference, built from ATen ops.
+
+Every forward op works on rows (schemas and semantics in csrc/fusedmlp.cpp): it returns the
+per-row loss (unreduced, in float32 or float64) and the gradient of
+``sum(loss) * grad_scale`` with respect to the logits, so backward only scales it.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from fusedmlp._backend import HAS_EXTENSION, HAS_TRITON
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels accumulate (and return the per-row loss) in."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def check_cross_entropy_args(
+    logits: Tensor, target: Tensor, weight: Optional[Tensor], grad_scale: Optional[Tensor], label_smoothing: float
+) -> None:
+    """The checks of csrc/include/fusedmlp/cross_entropy.h, for fakes and the Python backends."""
+    torch._check(logits.dim() == 2, lambda: f"cross_entropy: expected logits of shape [N, C], got {logits.dim()}-D")
+    torch._check(
+        logits.dtype.is_floating_point, lambda: f"cross_entropy: expected floating point logits, got {logits.dtype}"
+    )
+    torch._check(
+        label_smoothing <= 1.0, lambda: f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}"
+    )
+    N, C = logits.shape
+    torch._check(
+        target.device == logits.device,
+        lambda: f"cross_entropy: expected all tensors to be on the same device, but found {target.device} and "
+        f"{logits.device}",
+    )
+    if target.dim() == 1:
+        torch._check(
+            target.dtype == torch.int64,
+            lambda: f"expected target dtype to be Long or Byte, but got {target.dtype}",
+        )
+        torch._check_value(
+            target.shape[0] == N,
+            lambda: f"Expected input batch_size ({N}) to match target batch_size ({target.shape[0]}).",
+        )
+    else:
+        torch._check(
+            target.dim() == 2 and target.shape == logits.shape,
+            lambda: f"Expected target size {list(logits.shape)}, got {list(target.shape)}",
+        )
+        torch._check(
+            target.dtype == logits.dtype,
+            lambda: f"expected scalar type {logits.dtype} but found {target.dtype}",
+        )
+    if weight is not None:
+        torch._check(
+            weight.dim() == 1 and weight.shape[0] == C,
+            lambda: f"weight tensor should be defined either for all {C} classes or no classes but got weight "
+            f"tensor of shape: {list(weight.shape)}",
+        )
+        torch._check(
+            weight.dtype == logits.dtype, lambda: f"expected scalar type {logits.dtype} but found {weight.dtype}"
+        )
+        torch._check(
+            weight.device == logits.device,
+            lambda: "cross_entropy: expected all tensors to be on the same device",
+        )
+    if grad_scale is not None:
+        torch._check(grad_scale.numel() == 1, lambda: "cross_entropy: expected a one-element grad_scale")
+        torch._check(
+            grad_scale.dtype == acc_dtype(logits.dtype),
+            lambda: f"cross_entropy: expected grad_scale of dtype {acc_dtype(logits.dtype)}, got {grad_scale.dtype}",
+        )
+
+
+def check_targets_in_range(target: Tensor, num_classes: int, ignore_index: int) -> None:
+    """IndexError for a class index outside [0, C) that is not ignore_index, as torch raises
+    on CPU. Reads the targets on the host: a sync on GPU, so only run there when asked."""
+    bad = (target != ignore_index) & ((target < 0) | (target >= num_classes))
+    if bool(bad.any()):
+        first = int(target[bad][0])
+        raise IndexError(f"Target {first} is out of bounds.")
+
+
+def _cross_entropy_fwd_fake(
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    ignore_index: int,
+    label_smoothing: float,
+    grad_scale: Optional[Tensor],
+    compute_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    check_cross_entropy_args(logits, target, weight, grad_scale, label_smoothing)
+    loss = logits.new_empty((logits.shape[0],), dtype=acc_dtype(logits.dtype))
+    grad = logits.new_empty(logits.shape) if compute_grad else logits.new_empty((0,))
+    return loss, grad
+
+
+def _cross_entropy_fwd_inplace_fake(
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    ignore_index: int,
+    label_smoothing: float,
+    grad_scale: Optional[Tensor],
+) -> Tensor:
+    check_cross_entropy_args(logits, target, weight, grad_scale, label_smoothing)
+    return logits.new_empty((logits.shape[0],), dtype=acc_dtype(logits.dtype))
+
+
+if HAS_EXTENSION:
+    torch.library.register_fake("fusedmlp::cross_entropy_fwd")(_cross_entropy_fwd_fake)
+    torch.library.register_fake("fusedmlp::cross_entropy_fwd_inplace")(_cross_entropy_fwd_inplace_fake)
+
+
+if HAS_TRITON:
+
+    @torch.library.custom_op("fusedmlp::cross_entropy_fwd_triton", mutates_args=())
+    def cross_entropy_fwd_triton(
+        logits: Tensor,
+        target: Tensor,
+        weight: Optional[Tensor],
+        ignore_index: int,
+        label_smoothing: float,
+        grad_scale: Optional[Tensor],
+        compute_grad: bool,
+    ) -> tuple[Tensor, Tensor]:
+        from fusedmlp.triton_kernels import cross_entropy as kernels
+
+        check_cross_entropy_args(logits, target, weight, grad_scale, label_smoothing)
+        if target.dim() == 1 and target.device.type == "cpu":  # the interpreter: validate like torch on CPU
+            check_targets_in_range(target, logits.shape[1], ignore_index)
+        grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if compute_grad else None
+        loss = kernels.cross_entropy_fwd_triton(logits, target, weight, ignore_index, label_smoothing, grad_scale, grad)
+        return loss, grad if grad is not None else logits.new_empty((0,))
+
+    @torch.library.custom_op("fusedmlp::cross_entropy_fwd_inplace_triton", mutates_args=("logits",))
+    def cross_entropy_fwd_inplace_triton(
+        logits: Tensor,
+        target: Tensor,
+        weight: Optional[Tensor],
+        ignore_index: int,
+        label_smoothing: float,
+        grad_scale: Optional[Tensor],
+    ) -> Tensor:
+        from fusedmlp.triton_kernels import cross_entropy as kernels
+
+        check_cross_entropy_args(logits, target, weight, grad_scale, label_smoothing)
+        torch._check(logits.is_contiguous(), lambda: "cross_entropy_fwd_inplace: needs contiguous logits [N, C]")
+        if target.dim() == 1 and target.device.type == "cpu":
+            check_targets_in_range(target, logits.shape[1], ignore_index)
+        return kernels.cross_entropy_fwd_triton(
+            logits, target, weight, ignore_index, label_smoothing, grad_scale, logits
+        )
+
+    cross_entropy_fwd_triton.register_fake(_cross_entropy_fwd_fake)
+    cross_entropy_fwd_inplace_triton.register_fake(_cross_entropy_fwd_inplace_fake)
+
+
+def cross_entropy_fwd_torch(
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    ignore_index: int,
+    label_smoothing: float,
+    grad_scale: Optional[Tensor],
+    compute_grad: bool,
+) -> tuple[Tensor, Tensor]:
+    """The reference: the same per-row loss and scaled gradient from ATen ops, in the
+    accumulation dtype, written in torch's own formulation (log_softmax, then products with
+    the target coefficients) so that -inf and NaN entries reach the loss the same way."""
+    N, C = logits.shape
+    acc = acc_dtype(logits.dtype)
+    eps = max(label_smoothing, 0.0)
+    if not torch.compiler.is_compiling():  # traced under compile: the functional has checked shapes
+        check_cross_entropy_args(logits, target, weight, grad_scale, label_smoothing)
+        if target.dim() == 1 and target.device.type == "cpu":
+            check_targets_in_range(target, C, ignore_index)
+    if C == 0:  # every target is ignored (checked above), or probability rows of width 0
+        return logits.new_zeros((N,), dtype=acc), logits.new_empty(logits.shape if compute_grad else (0,))
+    logp = torch.log_softmax(logits.to(acc), dim=1)
+    w = weight.to(acc) if weight is not None else torch.ones(C, dtype=acc, device=logits.device)
+    if target.dim() == 1:
+        valid = target != ignore_index
+        safe_target = torch.where(valid, target, 0)
+        w_t = torch.where(valid, w[safe_target], 0)
+        nll = -logp.gather(1, safe_target[:, None]).squeeze(1)
+        loss = w_t * nll
+        coef = torch.nn.functional.one_hot(safe_target, C).to(acc) * ((1 - eps) * w_t)[:, None]
+        if eps > 0:
+            smooth = -(logp * w).sum(1)
+            loss = (1 - eps) * loss + (eps / C) * smooth
+            coef = coef + (eps / C) * w
+        loss = torch.where(valid, loss, 0)
+    else:
+        coef = w * (target.to(acc) * (1 - eps) + eps / C)
+        loss = -(logp * coef).sum(1)
+        valid = None
+    if not compute_grad:
+        return loss, logits.new_empty((0,))
+    probs = logp.exp()
+    grad = probs * coef.sum(1, keepdim=True) - coef
+    if grad_scale is not None:
+        grad = grad * grad_scale.reshape(())
+    if valid is not None:
+        # Ignored rows: zero, or NaN where torch's log_softmax backward gives NaN.
+        grad = torch.where(valid[:, None], grad, probs * 0)
+    return loss, grad.to(logits.dtype)
+
+
+def cross_entropy_fwd(
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    ignore_index: int,
+    label_smoothing: float,
+    grad_scale: Optional[Tensor],
+    compute_grad: bool,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    """(per-row loss, gradient or empty) on a resolved (concrete) backend."""
+    args = (logits, target, weight, ignore_index, label_smoothing, grad_scale, compute_grad)
+    if backend in ("cpu", "cuda"):
+        return torch.ops.fusedmlp.cross_entropy_fwd(*args)
+    if backend == "triton":
+        return torch.ops.fusedmlp.cross_entropy_fwd_triton(*args)
+    return cross_entropy_fwd_torch(*args)
+
+
+def cross_entropy_fwd_inplace(
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    ignore_index: int,
+    label_smoothing: float,
+    grad_scale: Optional[Tensor],
+    backend: str,
+) -> Tensor:
+    """Per-row loss; the gradient overwrites `logits`."""
+    args = (logits, target, weight, ignore_index, label_smoothing, grad_scale)
+    if backend in ("cpu", "cuda"):
+        return torch.ops.fusedmlp.cross_entropy_fwd_inplace(*args)
+    if backend == "triton":
+        return torch.ops.fusedmlp.cross_entropy_fwd_inplace_triton(*args)
+    loss, grad = cross_entropy_fwd_torch(*args, True)
+    logits.copy_(grad)
+    return loss
