@@ -4,12 +4,14 @@ Backends: "cuda" (CUDA C++), "triton", "cpu" (C++), "torch" (plain PyTorch refer
 "auto" (the best one built for the tensor's device). See ``available_backends``.
 """
 
+from fusedmlp import functional
 from fusedmlp import ops as _ops  # noqa: F401
 from fusedmlp._backend import BACKENDS, available_backends
+from fusedmlp.autograd import LinearReLUFunction, MLPFunction
+from fusedmlp.convert import convert
+from fusedmlp.nn import FusedLinear, FusedLinearReLU, FusedMLP
 from fusedmlp.ops import linear_relu as _linear_relu_ops  # noqa: F401  (registers fakes and Triton ops)
-from fusedmlp import functional
-from fusedmlp.autograd import LinearReLUFunction
-from fusedmlp.nn import FusedLinear, FusedLinearReLU
+from fusedmlp.ops import mlp as _mlp_ops  # noqa: F401  (registers the whole-network fakes)
 
 __version__ = "0.1.0"
 
@@ -17,7 +19,10 @@ __all__ = [
     "BACKENDS",
     "FusedLinear",
     "FusedLinearReLU",
+    "FusedMLP",
     "LinearReLUFunction",
+    "MLPFunction",
     "available_backends",
+    "convert",
     "functional",
 ]

@@ -1,5 +1,6 @@
 """One ``torch.autograd.Function`` per fused op; each calls registered operators only."""
 
 from fusedmlp.autograd.linear_relu import LinearReLUFunction
+from fusedmlp.autograd.mlp import MLPFunction
 
-__all__ = ["LinearReLUFunction"]
+__all__ = ["LinearReLUFunction", "MLPFunction"]
