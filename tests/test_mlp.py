@@ -80,6 +80,7 @@ WIDTHS = [
     (7, 5),  # no hidden layer
     (5, 1, 13, 4),  # a width-1 hidden layer
     (33, 17, 65, 1),  # odd sizes, one output
+    (3, 300, 520, 2),  # wider than one bias-gradient block (256 columns)
 ]
 
 
@@ -488,3 +489,18 @@ def test_mlp_function_rejects_mixed_biases():
     x, w, b = torch.randn(3, 4), torch.randn(5, 4), torch.randn(5)
     with pytest.raises(ValueError, match="every bias a tensor or every bias None"):
         MLPFunction.apply(x, "cpu", w, b, torch.randn(2, 5), None)
+
+
+@pytest.mark.parametrize("fuse_network", [None, False], ids=["auto_path", "layers"])
+def test_wide_layers_on_one_thread(fuse_network):
+    """One thread gets every column of the bias-gradient reduction: more than one block of them."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        model, ref = fused_and_reference((4, 600, 700, 2), "cpu", "cpu", torch.float64, fuse_network)
+        out, ref_out, gx, ref_gx = forward_backward_both(model, ref, torch.randn(5, 4, dtype=torch.float64))
+        torch.testing.assert_close(out, ref_out)
+        assert_grads_match(model, ref)
+    finally:
+        torch.set_num_threads(threads)

@@ -61,19 +61,23 @@ void relu_mask_bias_grad(const scalar_t* grad, const scalar_t* activation, int64
                          scalar_t* grad_bias) {
   using opmath_t = at::opmath_type<scalar_t>;
   at::parallel_for(0, N, kBiasGradColumns, [&](int64_t begin, int64_t end) {
-    opmath_t acc[kBiasGradColumns] = {};
-    const int64_t width = end - begin;
-    for (int64_t m = 0; m < M; ++m) {
-      const int64_t row = m * N + begin;
-      for (int64_t j = 0; j < width; ++j) {
-        const scalar_t g =
-            (activation != nullptr && !(activation[row + j] > scalar_t(0))) ? scalar_t(0) : grad[row + j];
-        if (grad_pre != nullptr) grad_pre[row + j] = g;
-        acc[j] += static_cast<opmath_t>(g);
+    // A task may get more than kBiasGradColumns columns (one thread gets them all): walk
+    // them in blocks that fit the accumulator.
+    for (int64_t block = begin; block < end; block += kBiasGradColumns) {
+      const int64_t width = std::min(kBiasGradColumns, end - block);
+      opmath_t acc[kBiasGradColumns] = {};
+      for (int64_t m = 0; m < M; ++m) {
+        const int64_t row = m * N + block;
+        for (int64_t j = 0; j < width; ++j) {
+          const scalar_t g =
+              (activation != nullptr && !(activation[row + j] > scalar_t(0))) ? scalar_t(0) : grad[row + j];
+          if (grad_pre != nullptr) grad_pre[row + j] = g;
+          acc[j] += static_cast<opmath_t>(g);
+        }
       }
-    }
-    if (grad_bias != nullptr) {
-      for (int64_t j = 0; j < width; ++j) grad_bias[begin + j] = static_cast<scalar_t>(acc[j]);
+      if (grad_bias != nullptr) {
+        for (int64_t j = 0; j < width; ++j) grad_bias[block + j] = static_cast<scalar_t>(acc[j]);
+      }
     }
   });
 }

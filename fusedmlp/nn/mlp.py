@@ -93,7 +93,8 @@ class FusedMLP(nn.Module):
             linear.backend = backend
 
     def _linears(self) -> list[nn.Linear]:
-        return list(self.layers[0::2])
+        # Slicing the Sequential itself would build a new Sequential on every forward.
+        return list(self.layers._modules.values())[0::2]
 
     def _resolve(self, device: torch.device) -> tuple[str, bool]:
         """(concrete backend, whether the whole-network op runs) for tensors on `device`."""
