@@ -2,9 +2,12 @@
 
 One forward op runs every layer and one backward op runs every layer's gradient, so a
 training step costs one autograd node for the network instead of one (or two) per layer.
-The same backward is registered as the autograd formula of ``torch.ops.fusedmlp.mlp_fwd``
-(``torch.library.register_autograd``) so the operator is differentiable when called directly
-and ``torch.library.opcheck`` can verify it.
+
+Unlike the Linear+ReLU ops, ``torch.ops.fusedmlp.mlp_fwd`` has no operator-level autograd
+formula (``torch.library.register_autograd``): that formula is a Python kernel on the
+Autograd dispatch key, and it runs on every call of the op, even inside this Function's
+forward where autograd is off; for a tiny MLP it cost more than the op's three GEMMs. The op
+is differentiated through MLPFunction only.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from fusedmlp._backend import HAS_EXTENSION
 from fusedmlp.ops import mlp as ops
 
 
@@ -73,26 +75,3 @@ class MLPFunction(torch.autograd.Function):
         grad_biases = grad_biases or [None] * layers
         grad_params = [g for pair in zip(grad_weights, grad_biases) for g in pair]
         return grad_input, None, *grad_params
-
-
-def _setup_operator_context(ctx, inputs, output) -> None:
-    input, weights, biases = inputs
-    _, activations = output
-    ctx.save_for_backward(input, *weights, *activations)
-
-
-def _operator_backward(ctx, grad_output: Tensor, grad_activations):
-    # The activations are returned for backward's sake; gradients flowing into them from
-    # outside are not part of this formula, so the operator only differentiates `output`.
-    saved = ctx.saved_tensors
-    layers = (len(saved) + 1) // 2
-    input, weights, activations = saved[0], saved[1 : 1 + layers], saved[1 + layers :]
-    needs_input, needs_weights, needs_biases = ctx.needs_input_grad
-    return _backward(
-        grad_output, input, weights, activations, needs_input, list(needs_weights), list(needs_biases),
-        grad_output.device.type,
-    )
-
-
-if HAS_EXTENSION:
-    torch.library.register_autograd("fusedmlp::mlp_fwd", _operator_backward, setup_context=_setup_operator_context)
