@@ -68,7 +68,20 @@ void relu_mask_bias_grad(const scalar_t* grad, const scalar_t* activation, int64
       opmath_t acc[kBiasGradColumns] = {};
       for (int64_t m = 0; m < M; ++m) {
         const int64_t row = m * N + block;
-        for (int64_t j = 0; j < width; ++j) {
+        int64_t j = 0;
+        if constexpr (!at::is_reduced_floating_point_v<scalar_t>) {
+          // Same arithmetic as the scalar loop below (each column summed in row order), so
+          // the result does not depend on the vector width.
+          using Vec = at::vec::Vectorized<scalar_t>;
+          const Vec zero(scalar_t(0));
+          for (; j + Vec::size() <= width; j += Vec::size()) {
+            Vec g = Vec::loadu(grad + row + j);
+            if (activation != nullptr) g = Vec::blendv(zero, g, Vec::loadu(activation + row + j) > zero);
+            if (grad_pre != nullptr) g.store(grad_pre + row + j);
+            (Vec::loadu(acc + j) + g).store(acc + j);
+          }
+        }
+        for (; j < width; ++j) {
           const scalar_t g =
               (activation != nullptr && !(activation[row + j] > scalar_t(0))) ? scalar_t(0) : grad[row + j];
           if (grad_pre != nullptr) grad_pre[row + j] = g;
