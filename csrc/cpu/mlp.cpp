@@ -1,8 +1,8 @@
 // The whole MLP (Linear, ReLU, ..., Linear) on CPU in one op per direction. For a narrow
 // network the per-op cost of the framework (dispatch, autograd nodes, allocations) is most of
 // the time, so the forward runs every layer in one call: one GEMM per layer, straight into the
-// CPU kernel (at::cpu::mm skips the dispatcher), then one pass that adds the bias and applies
-// ReLU (for half/bfloat16 the bias is added inside the GEMM instead, see mlp_fwd_cpu). The backward runs every layer in one call as well: after each input-gradient GEMM, one
+// CPU kernel (at::cpu::addmm skips the dispatcher; the bias rides in the GEMM), then one
+// in-place ReLU pass. The backward runs every layer in one call as well: after each input-gradient GEMM, one
 // pass applies the previous layer's ReLU mask in place and reduces its bias gradient.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -104,17 +104,16 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> mlp_fwd_cpu(const at::Tensor& in
   const size_t layers = weights.size();
   std::vector<at::Tensor> activations;
   activations.reserve(layers - 1);
-  const bool reduced_precision = at::isReducedFloatingType(input.scalar_type());
   at::Tensor hidden = input;
   for (size_t i = 0; i < layers; ++i) {
     const bool relu = i + 1 < layers;
     std::optional<at::Tensor> bias;
     if (!biases.empty()) bias = biases[i];
     at::Tensor out;
-    if (bias.has_value() && reduced_precision) {
-      // Half/bfloat16: the bias goes into the GEMM's fp32 accumulator (one rounding, as
-      // torch's addmm does). Rounding the product to half before adding the bias could flip
-      // the sign of a small pre-activation, and with it the ReLU mask.
+    if (bias.has_value()) {
+      // The bias goes into the GEMM (beta = 1 on the bias rows), as torch's addmm does: one
+      // rounding, and for half/bfloat16 that matters, since rounding the product before adding
+      // the bias could flip the sign of a small pre-activation, and with it the ReLU mask.
       out = at::cpu::addmm(*bias, hidden, weights[i].t());
       bias.reset();
     } else {
