@@ -49,4 +49,15 @@ TORCH_LIBRARY(fusedmlp, m) {
   m.def(
       "cross_entropy_fwd_inplace(Tensor(a!) logits, Tensor target, Tensor? weight, int ignore_index, "
       "float label_smoothing, Tensor? grad_scale) -> Tensor loss");
+
+  // Whole MLP: Linear, ReLU, ..., Linear (ReLU between layers, none after the last), one op
+  // per direction. input [M, K0], weights[i] [K(i+1), K(i)], biases either one [K(i+1)] per
+  // weight or none at all (bias=False). activations are the hidden layers' ReLU outputs, saved
+  // for backward (activation > 0 is the mask). bias_grads has one flag per bias. Gradients
+  // not asked for (input_grad / weight_grads[i] / bias_grads[i] false) come back as empty
+  // (numel 0) tensors.
+  m.def("mlp_fwd(Tensor input, Tensor[] weights, Tensor[] biases) -> (Tensor output, Tensor[] activations)");
+  m.def(
+      "mlp_bwd(Tensor grad_output, Tensor input, Tensor[] weights, Tensor[] activations, bool input_grad, "
+      "bool[] weight_grads, bool[] bias_grads) -> (Tensor grad_input, Tensor[] grad_weights, Tensor[] grad_biases)");
 }

@@ -2,5 +2,6 @@
 
 from fusedmlp.autograd.cross_entropy import CrossEntropyFunction
 from fusedmlp.autograd.linear_relu import LinearReLUFunction
+from fusedmlp.autograd.mlp import MLPFunction
 
-__all__ = ["CrossEntropyFunction", "LinearReLUFunction"]
+__all__ = ["CrossEntropyFunction", "LinearReLUFunction", "MLPFunction"]

@@ -1,0 +1,140 @@
+"""A full MLP training step (forward, cross-entropy, backward, SGD with momentum) on one CPU
+thread: FusedMLP against eager PyTorch and torch.compile.
+
+Providers:
+- ``eager``: ``nn.Sequential(Linear, ReLU, ..., Linear)`` + ``F.cross_entropy`` + ``torch.optim.SGD``.
+- ``torch.compile``: the same model, forward + loss under ``torch.compile`` (inductor); backward and
+  the optimizer step eager, as a training loop usually has them.
+- ``fusedmlp:<backend>``: ``FusedMLP`` (the whole-network op where the backend has one) +
+  ``fusedmlp.functional.cross_entropy`` + ``fusedmlp.FusedSGD``.
+- ``fusedmlp:<backend> layers``: ``FusedMLP(fuse_network=False)``, layer by layer, to show what
+  the whole-network op buys.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import fusedmlp
+from fusedmlp.bench.common import fused_backends
+from fusedmlp.bench.timing import time_providers
+
+SGD_ARGS = dict(lr=0.01, momentum=0.9)
+
+CASES = [  # (name, widths, batch)
+    ("tiny 50-30-20-3 b32", (50, 30, 20, 3), 32),
+    ("tiny 2-30-20-2 b2", (2, 30, 20, 2), 2),
+    ("medium 784-1024-1024-10 b256", (784, 1024, 1024, 10), 256),
+]
+
+
+def providers(device: torch.device) -> list[str]:
+    names = ["eager", "torch.compile"]
+    for backend in fused_backends(device):
+        names += [f"fusedmlp:{backend}", f"fusedmlp:{backend} layers"]
+    return names
+
+
+def _sequential(widths):
+    layers = []
+    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+        if i > 0:
+            layers.append(torch.nn.ReLU())
+        layers.append(torch.nn.Linear(fan_in, fan_out))
+    return torch.nn.Sequential(*layers)
+
+
+def make_step(provider: str, widths, batch: int, device: torch.device | str = "cpu"
+              ) -> tuple[Callable[[], torch.Tensor], torch.nn.Module]:
+    """A closure running one training step (returns the loss) and the model it trains. Every
+    provider starts from the same weights and data."""
+    torch.manual_seed(0)
+    reference = _sequential(widths).to(device)
+    x = torch.randn(batch, widths[0], device=device)
+    y = torch.randint(0, widths[-1], (batch,), device=device)
+    if provider.startswith("fusedmlp:"):
+        backend = provider.split(":")[1].split()[0]
+        model = fusedmlp.FusedMLP(widths[0], widths[-1], widths[1:-1], backend=backend, device=device,
+                                  fuse_network=False if provider.endswith("layers") else None)
+        model.layers.load_state_dict(reference.state_dict())
+        optimizer = fusedmlp.FusedSGD(model.parameters(), backend=backend, **SGD_ARGS)
+
+        def loss_fn(logits, target):
+            return fusedmlp.functional.cross_entropy(logits, target, backend=backend)
+    else:
+        model = copy.deepcopy(reference)
+        optimizer = torch.optim.SGD(model.parameters(), **SGD_ARGS)
+        loss_fn = F.cross_entropy
+
+    def forward_loss(x, y):
+        return loss_fn(model(x), y)
+
+    if provider == "torch.compile":
+        forward_loss = torch.compile(forward_loss, fullgraph=True)
+
+    def step():
+        optimizer.zero_grad()
+        loss = forward_loss(x, y)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    return step, model
+
+
+def _check_agreement(widths, batch, names, device) -> None:
+    """Two steps of every provider from the same start reach the same parameters."""
+    results = {}
+    for provider in names:
+        step, model = make_step(provider, widths, batch, device)
+        for _ in range(2):
+            step()
+        results[provider] = [p.detach() for p in model.parameters()]
+    first = results[names[0]]
+    for provider in names[1:]:
+        for a, b in zip(first, results[provider]):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=lambda m, p=provider: f"{p}: {m}")
+
+
+def run_mlp_bench(quick: bool = True, device: str | torch.device = "cpu") -> list[dict]:
+    """One training step per provider, interleaved, for each case."""
+    device = torch.device(device)
+    names = providers(device)
+    rows = []
+    for name, widths, batch in CASES:
+        _check_agreement(widths, batch, names, device)
+        steps = {provider: make_step(provider, widths, batch, device)[0] for provider in names}
+        times = time_providers(steps, device, rounds=9 if quick else 21)
+        for provider, t in times.items():
+            rows.append({
+                "op": "train_step", "case": name, "provider": provider, **t,
+                "speedup_vs_compile": times["torch.compile"]["median_ms"] / t["median_ms"],
+            })
+    return rows
+
+
+def profile_step(provider: str, widths=(50, 30, 20, 3), batch: int = 32, steps: int = 200) -> str:
+    """Where one provider's training step spends its time (torch.profiler, CPU, one thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        step, _ = make_step(provider, widths, batch)
+        for _ in range(20):
+            step()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    finally:
+        torch.set_num_threads(threads)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    for row in run_mlp_bench(quick=True):
+        print(f"{row['case']:32s} {row['provider']:20s} {row['median_ms'] * 1e3:9.1f} us"
+              f"  x{row['speedup_vs_compile']:.2f} vs torch.compile")

@@ -1,0 +1,151 @@
+"""FusedMLP: the tutorial's ``NeuralNetwork`` (Linear, ReLU, ..., Linear) on fused kernels.
+
+``self.layers`` is a faithful ``nn.Sequential(Linear, ReLU, Linear, ReLU, Linear)``: the
+Linear slots are ``FusedLinear`` (an ``nn.Linear`` subclass) and the ReLU slots are real,
+parameterless ``nn.ReLU`` modules. That keeps the tutorial's structure exactly: the same
+parameter creation order and init (same seed, same weights), the state_dict keys
+``layers.0.weight ... layers.4.bias``, ``model.layers[0]`` an ``nn.Linear``, and
+``model.layers(x)`` still computing the network (unfused). ``FusedMLP.forward`` does not walk
+the Sequential: it reads the Linear slots' parameters and runs the whole network either as
+one registered op per direction (``MLPFunction``, on backends with a whole-network op) or
+layer by layer with fused Linear+ReLU ops.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from fusedmlp import functional as F
+from fusedmlp._backend import check_backend_name, resolve_backend
+from fusedmlp.autograd.mlp import MLPFunction
+from fusedmlp.nn.linear import FusedLinear
+from fusedmlp.ops.mlp import NETWORK_BACKENDS
+
+__all__ = ["FusedMLP"]
+
+
+def _check_width(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"FusedMLP: {name} must be a positive integer, got {value!r}")
+    return value
+
+
+class FusedMLP(nn.Module):
+    """``FusedMLP(num_inputs, num_outputs, hidden_sizes=(30, 20))``: Linear layers of widths
+    ``num_inputs -> *hidden_sizes -> num_outputs`` with ReLU between them (none after the last);
+    returns logits. ``FusedMLP(50, 3)`` is the tutorial's ``NeuralNetwork(50, 3)``.
+
+    ``backend``: "auto", "cpu", "cuda", "triton" or "torch" (see ``fusedmlp.available_backends``).
+    ``fuse_network``: None (default) runs the whole network as one op per direction when the
+    resolved backend has one ("cpu", "torch") and layer by layer otherwise; True requires the
+    whole-network op (RuntimeError at call time where there is none); False always runs layer
+    by layer. ``model.path(device)`` / ``repr(model)`` say which path runs.
+    """
+
+    def __init__(
+        self,
+        num_inputs: int,
+        num_outputs: int,
+        hidden_sizes: Sequence[int] = (30, 20),
+        *,
+        bias: bool = True,
+        backend: str = "auto",
+        fuse_network: Optional[bool] = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        _check_width("num_inputs", num_inputs)
+        _check_width("num_outputs", num_outputs)
+        if isinstance(hidden_sizes, int) or not isinstance(hidden_sizes, Sequence):
+            raise ValueError(f"FusedMLP: hidden_sizes must be a sequence of positive integers, got {hidden_sizes!r}")
+        hidden_sizes = tuple(_check_width(f"hidden_sizes[{i}]", w) for i, w in enumerate(hidden_sizes))
+        if fuse_network not in (None, True, False):
+            raise ValueError(f"FusedMLP: fuse_network must be None, True or False, got {fuse_network!r}")
+        check_backend_name(backend)
+        if fuse_network and backend not in ("auto",) + NETWORK_BACKENDS:
+            raise ValueError(
+                f"FusedMLP: fuse_network=True needs a backend with a whole-network op {NETWORK_BACKENDS}, "
+                f"got backend={backend!r}"
+            )
+        self.num_inputs, self.num_outputs, self.hidden_sizes = num_inputs, num_outputs, hidden_sizes
+        self.fuse_network = fuse_network
+        widths = (num_inputs, *hidden_sizes, num_outputs)
+        layers: list[nn.Module] = []
+        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+            if i > 0:
+                layers.append(nn.ReLU())  # a real slot: keeps the Linear slots at layers.0/.2/.4
+            layers.append(FusedLinear(fan_in, fan_out, bias, backend=backend, device=device, dtype=dtype))
+        self.layers = nn.Sequential(*layers)
+        self._backend = backend
+
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend: str) -> None:
+        self._backend = check_backend_name(backend)
+        for linear in self._linears():
+            linear.backend = backend
+
+    def _linears(self) -> list[nn.Linear]:
+        # Slicing the Sequential itself would build a new Sequential on every forward.
+        return list(self.layers._modules.values())[0::2]
+
+    def _resolve(self, device: torch.device) -> tuple[str, bool]:
+        """(concrete backend, whether the whole-network op runs) for tensors on `device`."""
+        backend = resolve_backend(self._backend, device)
+        has_network_op = backend in NETWORK_BACKENDS
+        if self.fuse_network and not has_network_op:
+            raise RuntimeError(
+                f"FusedMLP: fuse_network=True but backend {backend!r} has no whole-network op "
+                f"(those are {NETWORK_BACKENDS}); set fuse_network=None or False to run layer by layer"
+            )
+        return backend, has_network_op and self.fuse_network is not False
+
+    def path(self, device: Optional[torch.device | str] = None) -> str:
+        """Which path a forward on `device` (default: the parameters' device) takes, e.g.
+        ``"network:cpu"`` (one op per direction) or ``"layers:triton"`` (layer by layer)."""
+        device = torch.device(device) if device is not None else self.layers[0].weight.device
+        backend, fused = self._resolve(device)
+        return f"{'network' if fused else 'layers'}:{backend}"
+
+    def forward(self, input: Tensor) -> Tensor:
+        linears = self._linears()
+        first = linears[0].weight
+        if input.dim() == 0 or input.shape[-1] != self.num_inputs:
+            raise RuntimeError(
+                f"FusedMLP: expected input with last dimension {self.num_inputs} (num_inputs), "
+                f"got shape {list(input.shape)}"
+            )
+        if input.dtype != first.dtype:
+            raise RuntimeError(f"FusedMLP: expected input of dtype {first.dtype} (the parameters'), got {input.dtype}")
+        if input.device != first.device:
+            raise RuntimeError(
+                f"FusedMLP: expected input on {first.device} (the parameters' device), got {input.device}"
+            )
+        backend, fused = self._resolve(input.device)
+        # Like nn.Linear: leading batch dims (or none, for a 1-D input) fold into the GEMMs' rows.
+        # A 2-D input goes in as it is: a reshape would add an autograd node per step.
+        batched = input.dim() == 2
+        hidden = input if batched else input.reshape(-1, self.num_inputs)
+        if fused:
+            params = [t for linear in linears for t in (linear.weight, linear.bias)]
+            out = MLPFunction.apply(hidden, backend, *params)
+        else:
+            for linear in linears[:-1]:
+                hidden = F.linear_relu(hidden, linear.weight, linear.bias, backend=backend)
+            last = linears[-1]
+            out = F.linear(hidden, last.weight, last.bias, backend=backend)
+        return out if batched else out.reshape(*input.shape[:-1], self.num_outputs)
+
+    def extra_repr(self) -> str:
+        try:
+            path = self.path()
+        except RuntimeError as error:  # e.g. fuse_network=True on a backend without a network op
+            path = f"unavailable ({error})"
+        return f"backend={self._backend!r}, fuse_network={self.fuse_network}, path={path!r}"

@@ -1,0 +1,179 @@
+"""The whole MLP (Linear, ReLU, ..., Linear) as one registered operator per direction.
+
+- ``torch.ops.fusedmlp.mlp_fwd`` / ``mlp_bwd``: C++ kernels (CPU dispatch key; a whole-network
+  GPU kernel does not exist yet, so CUDA tensors go through the per-layer Linear+ReLU ops).
+- ``mlp_*_torch``: the plain-PyTorch reference ("torch" backend), built from ATen ops.
+
+Both share one signature (see csrc/fusedmlp.cpp) and one fake.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from fusedmlp._backend import HAS_EXTENSION
+
+# Backends with a whole-network op; the others run FusedMLP layer by layer.
+NETWORK_BACKENDS = ("cpu", "torch")
+
+
+def _check_layer(i: int, input: Tensor, width: int, weight: Tensor, bias: Optional[Tensor]) -> None:
+    torch._check(weight.dim() == 2, lambda: f"mlp: expected weight {i} to be 2-D, got {weight.dim()}-D")
+    torch._check(
+        weight.shape[1] == width,
+        lambda: f"mlp: layer {i}: mat1 and mat2 shapes cannot be multiplied "
+        f"({input.shape[0]}x{width} and {weight.shape[1]}x{weight.shape[0]})",
+    )
+    torch._check(
+        weight.dtype == input.dtype,
+        lambda: f"mlp: expected input and weight {i} to have the same dtype, but got {input.dtype} and "
+        f"{weight.dtype}",
+    )
+    torch._check(
+        weight.device == input.device,
+        lambda: f"mlp: expected all tensors to be on the same device, but found {input.device} and "
+        f"{weight.device} (weight {i})",
+    )
+    if bias is not None:
+        torch._check(
+            bias.dim() == 1 and bias.shape[0] == weight.shape[0],
+            lambda: f"mlp: expected bias {i} of shape [{weight.shape[0]}], got {list(bias.shape)}",
+        )
+        torch._check(bias.dtype == input.dtype, lambda: f"mlp: expected bias {i} to have dtype {input.dtype}")
+        torch._check(bias.device == input.device, lambda: "mlp: expected all tensors to be on the same device")
+
+
+def _check_mlp_args(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> None:
+    torch._check(len(weights) > 0, lambda: "mlp: expected at least one layer, got no weights")
+    torch._check(
+        len(biases) in (0, len(weights)),
+        lambda: f"mlp: expected one bias per weight or none, got {len(biases)} biases for {len(weights)} weights",
+    )
+    torch._check(input.dim() == 2, lambda: f"mlp: expected a 2-D input, got {input.dim()}-D")
+    torch._check(input.dtype.is_floating_point, lambda: f"mlp: expected a floating point dtype, got {input.dtype}")
+    width = input.shape[1]
+    for i, weight in enumerate(weights):
+        _check_layer(i, input, width, weight, biases[i] if biases else None)
+        width = weight.shape[0]
+
+
+def _mlp_fwd_fake(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    _check_mlp_args(input, weights, biases)
+    activations = [input.new_empty((input.shape[0], w.shape[0])) for w in weights[:-1]]
+    return input.new_empty((input.shape[0], weights[-1].shape[0])), activations
+
+
+def _mlp_bwd_fake(
+    grad_output: Tensor,
+    input: Tensor,
+    weights: Sequence[Tensor],
+    activations: Sequence[Tensor],
+    input_grad: bool,
+    weight_grads: Sequence[bool],
+    bias_grads: Sequence[bool],
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    _check_mlp_args(input, weights, [])
+    torch._check(
+        len(activations) == len(weights) - 1,
+        lambda: f"mlp_bwd: expected {len(weights) - 1} activations (one per hidden layer), got {len(activations)}",
+    )
+    torch._check(
+        len(weight_grads) == len(weights) and len(bias_grads) in (0, len(weights)),
+        lambda: f"mlp_bwd: expected {len(weights)} weight_grads and bias_grads flags (no bias_grads without biases)",
+    )
+    torch._check(
+        grad_output.shape == (input.shape[0], weights[-1].shape[0]),
+        lambda: f"mlp_bwd: expected grad_output of shape {[input.shape[0], weights[-1].shape[0]]}, "
+        f"got {list(grad_output.shape)}",
+    )
+    grad_input = input.new_empty(input.shape) if input_grad else input.new_empty(0)
+    grad_weights = [
+        input.new_empty(w.shape) if wanted else input.new_empty(0) for w, wanted in zip(weights, weight_grads)
+    ]
+    grad_biases = [
+        input.new_empty(w.shape[0]) if wanted else input.new_empty(0) for w, wanted in zip(weights, bias_grads)
+    ]
+    return grad_input, grad_weights, grad_biases
+
+
+if HAS_EXTENSION:
+    torch.library.register_fake("fusedmlp::mlp_fwd")(_mlp_fwd_fake)
+    torch.library.register_fake("fusedmlp::mlp_bwd")(_mlp_bwd_fake)
+
+
+def mlp_fwd_torch(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    activations = []
+    hidden = input
+    for i, weight in enumerate(weights):
+        out = torch.addmm(biases[i], hidden, weight.t()) if biases else torch.mm(hidden, weight.t())
+        if i + 1 < len(weights):
+            out = torch.relu(out)
+            activations.append(out)
+        hidden = out
+    return hidden, activations
+
+
+def mlp_bwd_torch(
+    grad_output: Tensor,
+    input: Tensor,
+    weights: Sequence[Tensor],
+    activations: Sequence[Tensor],
+    input_grad: bool,
+    weight_grads: Sequence[bool],
+    bias_grads: Sequence[bool],
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    layers = len(weights)
+    grad_weights = [input.new_empty(0) for _ in range(layers)]
+    grad_biases = [input.new_empty(0) for _ in bias_grads]
+    grad_input = input.new_empty(0)
+    wanted_below = [input_grad] * layers  # some gradient before layer i is wanted
+    for i in range(1, layers):
+        wanted_below[i] = wanted_below[i - 1] or weight_grads[i - 1] or (bias_grads and bias_grads[i - 1])
+    grad = grad_output
+    for i in reversed(range(layers)):
+        if i + 1 < layers:
+            grad = torch.ops.aten.threshold_backward(grad, activations[i], 0)
+        if bias_grads and bias_grads[i]:
+            grad_biases[i] = grad.sum(0)
+        if weight_grads[i]:
+            grad_weights[i] = torch.mm(grad.t(), input if i == 0 else activations[i - 1])
+        if not wanted_below[i]:
+            break
+        grad = torch.mm(grad, weights[i])
+        if i == 0:
+            grad_input = grad
+    return grad_input, grad_weights, grad_biases
+
+
+def mlp_fwd(
+    input: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], backend: str
+) -> tuple[Tensor, list[Tensor]]:
+    """(output, hidden activations) of the whole MLP for a 2-D input, on a backend in NETWORK_BACKENDS.
+    `biases` holds one bias per weight, or none at all."""
+    if backend == "cpu":
+        return torch.ops.fusedmlp.mlp_fwd(input, weights, biases)
+    if backend == "torch":
+        return mlp_fwd_torch(input, weights, biases)
+    raise RuntimeError(f"fusedmlp: no whole-network MLP op for backend {backend!r}; it runs layer by layer")
+
+
+def mlp_bwd(
+    grad_output: Tensor,
+    input: Tensor,
+    weights: Sequence[Tensor],
+    activations: Sequence[Tensor],
+    input_grad: bool,
+    weight_grads: Sequence[bool],
+    bias_grads: Sequence[bool],
+    backend: str,
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """(grad_input, grad_weights, grad_biases); entries not asked for are empty tensors."""
+    args = (grad_output, input, weights, activations, input_grad, weight_grads, bias_grads)
+    if backend == "cpu":
+        return torch.ops.fusedmlp.mlp_bwd(*args)
+    if backend == "torch":
+        return mlp_bwd_torch(*args)
+    raise RuntimeError(f"fusedmlp: no whole-network MLP op for backend {backend!r}; it runs layer by layer")
