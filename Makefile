@@ -33,8 +33,8 @@ bench-regress: install
 	$(PYTHON) -m pytest bench -o python_files='bench_*.py' --benchmark-only --benchmark-autosave
 
 lint:
-	$(PYTHON) -m ruff check fusedmlp triton_kernels tests bench setup.py
-	$(PYTHON) -m ruff format --check fusedmlp triton_kernels tests bench setup.py
+	$(PYTHON) -m ruff check fusedmlp triton_kernels tests bench examples setup.py
+	$(PYTHON) -m ruff format --check fusedmlp triton_kernels tests bench examples setup.py
 
 clean:
 	rm -rf build fusedmlp/*.so *.egg-info

@@ -15,8 +15,10 @@ class NeuralNetwork(torch.nn.Module):
     def __init__(self, num_inputs, num_outputs):
         super().__init__()
         self.layers = torch.nn.Sequential(
-            torch.nn.Linear(num_inputs, 30), torch.nn.ReLU(),
-            torch.nn.Linear(30, 20), torch.nn.ReLU(),
+            torch.nn.Linear(num_inputs, 30),
+            torch.nn.ReLU(),
+            torch.nn.Linear(30, 20),
+            torch.nn.ReLU(),
             torch.nn.Linear(20, num_outputs),
         )
 

@@ -53,9 +53,11 @@ for epoch in range(num_epochs):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        print(f"Epoch: {epoch + 1:03d}/{num_epochs:03d}"
-              f" | Batch {batch_idx:03d}/{len(train_loader):03d}"
-              f" | Train/Val Loss: {loss:.2f}")
+        print(
+            f"Epoch: {epoch + 1:03d}/{num_epochs:03d}"
+            f" | Batch {batch_idx:03d}/{len(train_loader):03d}"
+            f" | Train/Val Loss: {loss:.2f}"
+        )
     model.eval()
 
 # Predictions and accuracy.

@@ -22,9 +22,7 @@ except ImportError as error:  # the package still works with backend="torch"
     _EXTENSION_ERROR = f"{type(error).__name__}: {error}"
 
 HAS_EXTENSION = _EXTENSION_ERROR is None
-HAS_CUDA_KERNELS = HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key(
-    "fusedmlp::linear_relu_fwd", "CUDA"
-)
+HAS_CUDA_KERNELS = HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key("fusedmlp::linear_relu_fwd", "CUDA")
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 # TRITON_INTERPRET must be set before Triton kernels are defined, so reading it once here
 # (fusedmlp defines its kernels on import) tells the truth for the whole process.

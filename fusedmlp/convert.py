@@ -26,8 +26,14 @@ class FusedReLUSlot(nn.Identity):
 def _fused_from(linear: nn.Linear, cls: type[FusedLinear], backend: str) -> FusedLinear:
     # Built on the meta device so construction neither allocates nor draws from the RNG; the
     # real Parameters are then handed over as they are.
-    fused = cls(linear.in_features, linear.out_features, linear.bias is not None, backend=backend, device="meta",
-                dtype=linear.weight.dtype)
+    fused = cls(
+        linear.in_features,
+        linear.out_features,
+        linear.bias is not None,
+        backend=backend,
+        device="meta",
+        dtype=linear.weight.dtype,
+    )
     fused.weight = linear.weight
     fused.bias = linear.bias
     fused.train(linear.training)

@@ -65,9 +65,7 @@ def _cross_entropy_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, 
             if target.dim() > 1:
                 raise RuntimeError("0D or 1D target tensor expected, multi-target not supported")
             if target.dim() == 1 and target.shape[0] != 1:
-                raise ValueError(
-                    f"For 1D input, 1D target must have size 1, but got target size: {target.shape[0]}"
-                )
+                raise ValueError(f"For 1D input, 1D target must have size 1, but got target size: {target.shape[0]}")
         return input.reshape(1, -1), target.reshape(1, -1) if probabilities else target.reshape(1), (), probabilities
     loss_shape = (input.shape[0], *input.shape[2:])
     if not probabilities:
@@ -93,9 +91,18 @@ def _cross_entropy_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, 
 
 def _dtype_name(dtype: torch.dtype) -> str:
     """torch's C++ spelling of a dtype in error messages (Long, Int, Float, ...)."""
-    return {torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
-            torch.bool: "Bool", torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
-            torch.bfloat16: "BFloat16"}.get(dtype, str(dtype))
+    return {
+        torch.int64: "Long",
+        torch.int32: "Int",
+        torch.int16: "Short",
+        torch.int8: "Char",
+        torch.uint8: "Byte",
+        torch.bool: "Bool",
+        torch.float32: "Float",
+        torch.float64: "Double",
+        torch.float16: "Half",
+        torch.bfloat16: "BFloat16",
+    }.get(dtype, str(dtype))
 
 
 def cross_entropy(
@@ -158,7 +165,14 @@ def cross_entropy(
                 "gradient into"
             )
     loss = CrossEntropyFunction.apply(
-        logits, rows_target, weight, ignore_index, label_smoothing, reduction, backend, compute_grad,
+        logits,
+        rows_target,
+        weight,
+        ignore_index,
+        label_smoothing,
+        reduction,
+        backend,
+        compute_grad,
         inplace_backward,
     )
     if probabilities:

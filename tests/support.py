@@ -35,8 +35,9 @@ def require(backend: str, device: str) -> None:
         pytest.skip(reason)
 
 
-def close_to_reference(actual: torch.Tensor, reference: torch.Tensor, torch_same_dtype: torch.Tensor,
-                       floor: float = 1e-3) -> None:
+def close_to_reference(
+    actual: torch.Tensor, reference: torch.Tensor, torch_same_dtype: torch.Tensor, floor: float = 1e-3
+) -> None:
     """The flash-attention rule: against a higher-precision reference (fp32 for fp16/bf16, fp64
     for fp32), our error is at most twice torch's own error in the same dtype, plus a floor."""
     assert actual.shape == reference.shape and actual.dtype == torch_same_dtype.dtype

@@ -100,8 +100,11 @@ def test_weight_ignore_smoothing(backend, device, kind, reduction, label_smoothi
     w = torch.rand(C, device=device, dtype=dtype) + 0.1 if weighted else None
     for ignore_index in (-100, 3, -1) if kind == "index" else (-100,):  # torch refuses others for probabilities
         t = make_target(kind, (N,), C, device, dtype, ignore_index, ignore_fraction=0.4, seed=ignore_index + 200)
-        assert_same(*both(x, t, backend, weight=w, ignore_index=ignore_index, reduction=reduction,
-                          label_smoothing=label_smoothing))
+        assert_same(
+            *both(
+                x, t, backend, weight=w, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing
+            )
+        )
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
@@ -138,8 +141,11 @@ def test_empty(backend, device, kind, shape):
     x = torch.randn(shape, device=device)
     batch = (shape[0], *shape[2:])
     if kind == "index":
-        t = torch.full(batch, -100, dtype=torch.long, device=device) if shape[1] == 0 else \
-            torch.zeros(batch, dtype=torch.long, device=device)
+        t = (
+            torch.full(batch, -100, dtype=torch.long, device=device)
+            if shape[1] == 0
+            else torch.zeros(batch, dtype=torch.long, device=device)
+        )
     else:
         t = torch.rand(shape, device=device)
     for reduction in REDUCTIONS:
@@ -161,16 +167,25 @@ def test_extreme_logits(backend, device, label_smoothing, kind):
     ]
     for dtype, rows in cases:
         x = torch.tensor(rows, dtype=dtype, device=device)
-        t = torch.tensor([1, 2], device=device) if kind == "index" else \
-            torch.softmax(torch.randn(2, 4, device=device), 1).to(dtype)
+        t = (
+            torch.tensor([1, 2], device=device)
+            if kind == "index"
+            else torch.softmax(torch.randn(2, 4, device=device), 1).to(dtype)
+        )
         for reduction in ("none", "sum"):
             go = torch.ones((2,) if reduction == "none" else (), dtype=dtype, device=device)
             out, ref, ga, gb = both(x, t, backend, grad=go, reduction=reduction, label_smoothing=label_smoothing)
             if dtype == torch.float16:
                 # torch overflows fp16 while summing log-probabilities of -2e4 (inf); we
                 # accumulate in fp32, so compare with torch computed in fp32.
-                _, ref, _, gb = both(x.float(), t.float() if kind == "prob" else t, "torch", grad=go.float(),
-                                     reduction=reduction, label_smoothing=label_smoothing)
+                _, ref, _, gb = both(
+                    x.float(),
+                    t.float() if kind == "prob" else t,
+                    "torch",
+                    grad=go.float(),
+                    reduction=reduction,
+                    label_smoothing=label_smoothing,
+                )
                 ref = ref.half()
             torch.testing.assert_close(out.float(), ref.float(), equal_nan=True, rtol=2e-3, atol=1e-3)
             torch.testing.assert_close(ga.float(), gb.float(), equal_nan=True, rtol=2e-3, atol=1e-3)
@@ -201,8 +216,7 @@ def test_low_precision(backend, device, dtype, kind):
     g32 = torch.randn(N, device=device)
     _, ref32, _, grad32 = both(x32, t32, "torch", grad=g32, reduction="none", label_smoothing=0.1)
     t = t32 if kind == "index" else t32.to(dtype)
-    out, torch_out, ga, gb = both(x32.to(dtype), t, backend, grad=g32.to(dtype), reduction="none",
-                                  label_smoothing=0.1)
+    out, torch_out, ga, gb = both(x32.to(dtype), t, backend, grad=g32.to(dtype), reduction="none", label_smoothing=0.1)
     assert out.dtype == dtype and ga.dtype == dtype
     close_to_reference(out, ref32, torch_out)
     close_to_reference(ga, grad32, gb)
@@ -223,8 +237,9 @@ def test_non_contiguous_inputs_and_grad_output(backend, device):
     assert not x.is_contiguous() and not t.is_contiguous()
     assert_same(*both(x, t, backend, weight=w))
     xt = torch.randn(9, 13, device=device, dtype=torch.float64).t()  # transposed
-    assert_same(*both(xt, t, backend, reduction="none", grad=torch.ones(1, device=device,
-                      dtype=torch.float64).expand(13)))
+    assert_same(
+        *both(xt, t, backend, reduction="none", grad=torch.ones(1, device=device, dtype=torch.float64).expand(13))
+    )
     q = torch.softmax(torch.randn(9, 13, device=device, dtype=torch.float64), 0).t()
     assert_same(*both(xt, q, backend, label_smoothing=0.2))
 
@@ -251,7 +266,7 @@ def test_canary_views(backend, device):
     require(backend, device)
     N, C = 5, 17
     big = torch.full((N + 4, C + 6), math.nan, device=device, dtype=torch.float64)
-    x = big[2:2 + N, 3:3 + C]
+    x = big[2 : 2 + N, 3 : 3 + C]
     x.copy_(torch.randn(N, C, dtype=torch.float64))
     snapshot = big.clone()
     t = torch.randint(0, C, (N,), device=device)
@@ -274,7 +289,8 @@ def test_gradcheck(backend, device, kind, reduction):
     t = make_target(kind, (4,), 5, device, torch.float64, ignore_fraction=0.3 if kind == "index" else 0.0, seed=7)
     w = torch.rand(5, device=device, dtype=torch.float64) + 0.5
     assert torch.autograd.gradcheck(
-        lambda v: cross_entropy(v, t, w, reduction=reduction, label_smoothing=0.1, backend=backend), (x,))
+        lambda v: cross_entropy(v, t, w, reduction=reduction, label_smoothing=0.1, backend=backend), (x,)
+    )
 
 
 def test_double_backward_raises():
@@ -367,8 +383,7 @@ def test_inplace_backward(backend, device, reduction):
     h = torch.randn(7, 8, device=device, dtype=torch.float64)
     t = torch.tensor([0, 1, 4, -100, 2, 3, 3], device=device)
     logits = h @ w  # the mm backward does not need its output, so it may be overwritten
-    loss = cross_entropy(logits, t, reduction=reduction, label_smoothing=0.1, backend=backend,
-                         inplace_backward=True)
+    loss = cross_entropy(logits, t, reduction=reduction, label_smoothing=0.1, backend=backend, inplace_backward=True)
     go = torch.randn_like(loss)
     loss.backward(go)
     w_ref = w.detach().clone().requires_grad_(True)
@@ -388,8 +403,12 @@ def test_inplace_backward_refuses_second_backward(backend, device):
     with pytest.raises(RuntimeError, match="second backward"):
         loss.backward()
     with pytest.raises(RuntimeError, match="contiguous"):
-        cross_entropy(torch.randn(6, 4, device=device).t(), torch.zeros(4, dtype=torch.long, device=device),
-                      backend=backend, inplace_backward=True)
+        cross_entropy(
+            torch.randn(6, 4, device=device).t(),
+            torch.zeros(4, dtype=torch.long, device=device),
+            backend=backend,
+            inplace_backward=True,
+        )
 
 
 # -----------------------------------------------------------------------------------------
@@ -417,8 +436,9 @@ def test_bad_input(backend, device):
     with pytest.raises(RuntimeError, match="multi-target not supported"):
         cross_entropy(x, torch.zeros(3, 4, dtype=torch.long, device=device), backend=backend)
     with pytest.raises(RuntimeError, match=r"Expected target size \[2, 3\], got \[2, 4\]"):
-        cross_entropy(torch.randn(2, 5, 3, device=device), torch.zeros(2, 4, dtype=torch.long, device=device),
-                      backend=backend)
+        cross_entropy(
+            torch.randn(2, 5, 3, device=device), torch.zeros(2, 4, dtype=torch.long, device=device), backend=backend
+        )
     with pytest.raises(ValueError, match="bad is not a valid value for reduction"):
         cross_entropy(x, t, reduction="bad", backend=backend)
     with pytest.raises(RuntimeError, match="label_smoothing must be between 0.0 and 1.0"):
@@ -428,8 +448,7 @@ def test_bad_input(backend, device):
     with pytest.raises(RuntimeError, match="expected scalar type"):
         cross_entropy(x, t, weight=torch.ones(5, device=device, dtype=torch.float64), backend=backend)
     with pytest.raises(RuntimeError, match="Expected floating point type for target with class probabilities"):
-        cross_entropy(torch.randn(5, device=device), torch.zeros(5, dtype=torch.long, device=device),
-                      backend=backend)
+        cross_entropy(torch.randn(5, device=device), torch.zeros(5, dtype=torch.long, device=device), backend=backend)
     with pytest.raises(RuntimeError, match="ignore_index is not supported for floating point target"):
         cross_entropy(x, torch.rand(3, 5, device=device), ignore_index=1, backend=backend)
     with pytest.raises(RuntimeError, match="not differentiable with respect to argument 'weight'"):

@@ -26,8 +26,9 @@ CONFIGS = {
     "network_path": dict(fuse_network=None, no_sync=False, ddp=dict()),
     "layers_path": dict(fuse_network=False, no_sync=False, ddp=dict()),
     "no_sync": dict(fuse_network=None, no_sync=True, ddp=dict()),
-    "bucket_view_static_graph": dict(fuse_network=None, no_sync=False,
-                                     ddp=dict(gradient_as_bucket_view=True, static_graph=True)),
+    "bucket_view_static_graph": dict(
+        fuse_network=None, no_sync=False, ddp=dict(gradient_as_bucket_view=True, static_graph=True)
+    ),
     "no_sync_bucket_view": dict(fuse_network=None, no_sync=True, ddp=dict(gradient_as_bucket_view=True)),
 }
 
@@ -70,8 +71,9 @@ def _worker(rank, port, result_path):
                 cross_entropy(ddp(x), y).backward()
             grads_present.append(all(p.grad is not None for p in ddp.parameters()))
             optimizer.step()
-        results[name] = dict(params=[p.detach().clone() for p in model.parameters()], grads_present=grads_present,
-                             path=model.path())
+        results[name] = dict(
+            params=[p.detach().clone() for p in model.parameters()], grads_present=grads_present, path=model.path()
+        )
     torch.save(results, f"{result_path}.{rank}")
     dist.destroy_process_group()
 

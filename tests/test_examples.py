@@ -23,8 +23,7 @@ def free_port() -> int:
 def run(args, timeout=180):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.pop("TRITON_INTERPRET", None)  # examples run as users run them
-    result = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{args} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout
 
@@ -46,7 +45,16 @@ def test_convert_model():
 
 
 def test_ddp_train_with_torchrun():
-    out = run(["-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-               "--master_addr=127.0.0.1", os.path.join(EXAMPLES, "ddp_train.py")], timeout=240)
+    out = run(
+        [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"--master_port={free_port()}",
+            "--master_addr=127.0.0.1",
+            os.path.join(EXAMPLES, "ddp_train.py"),
+        ],
+        timeout=240,
+    )
     assert "[rank 0] Epoch: 003/003" in out and "[rank 1] Epoch: 003/003" in out
     assert "world size 2 | replicas identical" in out

@@ -105,8 +105,9 @@ class TestInputSurface:
 
     def test_1d_input(self, backend, device):
         require(backend, device)
-        self.check(torch.randn(6, device=device), torch.randn(4, 6, device=device), torch.randn(4, device=device),
-                   backend)
+        self.check(
+            torch.randn(6, device=device), torch.randn(4, 6, device=device), torch.randn(4, device=device), backend
+        )
 
     def test_extra_batch_dims(self, backend, device):
         require(backend, device)
@@ -114,13 +115,15 @@ class TestInputSurface:
 
     def test_empty_batch(self, backend, device):
         require(backend, device)
-        self.check(torch.randn(0, 6, device=device), torch.randn(4, 6, device=device), torch.randn(4, device=device),
-                   backend)
+        self.check(
+            torch.randn(0, 6, device=device), torch.randn(4, 6, device=device), torch.randn(4, device=device), backend
+        )
 
     def test_zero_in_features(self, backend, device):
         require(backend, device)
-        self.check(torch.randn(3, 0, device=device), torch.randn(4, 0, device=device), torch.randn(4, device=device),
-                   backend)
+        self.check(
+            torch.randn(3, 0, device=device), torch.randn(4, 0, device=device), torch.randn(4, device=device), backend
+        )
 
     @pytest.mark.parametrize("relu", [True, False])
     def test_no_bias(self, backend, device, relu):
@@ -138,14 +141,24 @@ class TestInputSurface:
     def test_expanded_grad_output(self, backend, device):
         require(backend, device)
         grad = torch.ones(1, 1, device=device).expand(5, 4)  # what .sum() sends back: stride 0
-        self.check(torch.randn(5, 6, device=device), torch.randn(4, 6, device=device), torch.randn(4, device=device),
-                   backend, grad=grad)
+        self.check(
+            torch.randn(5, 6, device=device),
+            torch.randn(4, 6, device=device),
+            torch.randn(4, device=device),
+            backend,
+            grad=grad,
+        )
 
     def test_transposed_grad_output(self, backend, device):
         require(backend, device)
         grad = torch.randn(4, 5, device=device).t()
-        self.check(torch.randn(5, 6, device=device), torch.randn(4, 6, device=device), torch.randn(4, device=device),
-                   backend, grad=grad)
+        self.check(
+            torch.randn(5, 6, device=device),
+            torch.randn(4, 6, device=device),
+            torch.randn(4, device=device),
+            backend,
+            grad=grad,
+        )
 
     def test_only_some_grads_needed(self, backend, device):
         require(backend, device)
@@ -163,8 +176,9 @@ class TestInputSurface:
         x[1, 2], x[3, 0] = float("nan"), float("inf")
         grad = torch.randn(5, 4, device=device)
         grad[0, 1] = float("nan")
-        out, ref, grads, ref_grads = run_both(x, torch.randn(4, 6, device=device), torch.randn(4, device=device),
-                                              True, backend, grad=grad)
+        out, ref, grads, ref_grads = run_both(
+            x, torch.randn(4, 6, device=device), torch.randn(4, device=device), True, backend, grad=grad
+        )
         torch.testing.assert_close(out, ref, equal_nan=True)
         for g, r in zip(grads, ref_grads):
             torch.testing.assert_close(g, r, equal_nan=True)
@@ -230,9 +244,7 @@ def _registered_ops(backend):
     return torch.ops.fusedmlp.linear_relu_fwd, torch.ops.fusedmlp.linear_relu_bwd
 
 
-@pytest.mark.parametrize(
-    "backend,device", [p for p in BACKEND_DEVICE if p.values[0] in ("cpu", "cuda", "triton")]
-)
+@pytest.mark.parametrize("backend,device", [p for p in BACKEND_DEVICE if p.values[0] in ("cpu", "cuda", "triton")])
 @pytest.mark.parametrize("layout", ["contiguous", "permuted"])
 def test_opcheck(backend, device, layout):
     require(backend, device)

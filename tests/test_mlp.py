@@ -48,8 +48,16 @@ def sequential(widths, bias=True, **factory):
 
 
 def fused_and_reference(widths, backend, device, dtype, fuse_network=None, bias=True):
-    model = FusedMLP(widths[0], widths[-1], widths[1:-1], bias=bias, backend=backend, fuse_network=fuse_network,
-                     device=device, dtype=dtype)
+    model = FusedMLP(
+        widths[0],
+        widths[-1],
+        widths[1:-1],
+        bias=bias,
+        backend=backend,
+        fuse_network=fuse_network,
+        device=device,
+        dtype=dtype,
+    )
     ref = sequential(widths, bias=bias, device=device, dtype=dtype)
     ref.load_state_dict(model.layers.state_dict(), strict=True)
     return model, ref
@@ -274,19 +282,28 @@ def test_opcheck(layout, bias):
 
 
 @pytest.mark.parametrize("input_grad", [True, False])
-@pytest.mark.parametrize("masks", [
-    ((True, True, True), (True, True, True)),
-    ((False, True, False), (True, False, False)),
-    ((False, False, False), (False, False, True)),
-])
+@pytest.mark.parametrize(
+    "masks",
+    [
+        ((True, True, True), (True, True, True)),
+        ((False, True, False), (True, False, False)),
+        ((False, False, False), (False, False, True)),
+    ],
+)
 def test_mlp_bwd_matches_reference(input_grad, masks):
     require("cpu", "cpu")
     torch.manual_seed(0)
     x = torch.randn(5, 6, dtype=torch.float64)
-    weights = [torch.randn(7, 6, dtype=torch.float64), torch.randn(4, 7, dtype=torch.float64),
-               torch.randn(3, 4, dtype=torch.float64)]
-    biases = [torch.randn(7, dtype=torch.float64), torch.randn(4, dtype=torch.float64),
-              torch.randn(3, dtype=torch.float64)]
+    weights = [
+        torch.randn(7, 6, dtype=torch.float64),
+        torch.randn(4, 7, dtype=torch.float64),
+        torch.randn(3, 4, dtype=torch.float64),
+    ]
+    biases = [
+        torch.randn(7, dtype=torch.float64),
+        torch.randn(4, dtype=torch.float64),
+        torch.randn(3, dtype=torch.float64),
+    ]
     out, activations = torch.ops.fusedmlp.mlp_fwd(x, weights, biases)
     ref_out, ref_activations = mlp_ops.mlp_fwd_torch(x, weights, biases)
     torch.testing.assert_close(out, ref_out)
@@ -310,9 +327,11 @@ class TestTutorialCompatibility:
         tutorial = NeuralNetwork(50, 3)
         torch.manual_seed(123)
         model = FusedMLP(50, 3)
-        assert list(model.state_dict()) == list(tutorial.state_dict()) == [
-            f"layers.{i}.{kind}" for i in (0, 2, 4) for kind in ("weight", "bias")
-        ]
+        assert (
+            list(model.state_dict())
+            == list(tutorial.state_dict())
+            == [f"layers.{i}.{kind}" for i in (0, 2, 4) for kind in ("weight", "bias")]
+        )
         for (name, p), r in zip(model.named_parameters(), tutorial.parameters()):
             torch.testing.assert_close(p, r, rtol=0, atol=0, msg=name)
         assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 2213
@@ -386,12 +405,19 @@ class TestModuleOptions:
 
 
 class TestBadInput:
-    @pytest.mark.parametrize("kwargs", [
-        dict(num_inputs=0, num_outputs=2), dict(num_inputs=3, num_outputs=-1),
-        dict(num_inputs=3, num_outputs=2, hidden_sizes=(4, 0)), dict(num_inputs=3, num_outputs=2, hidden_sizes=(-3,)),
-        dict(num_inputs=3, num_outputs=2, hidden_sizes=5), dict(num_inputs=3, num_outputs=2, hidden_sizes=(2.5,)),
-        dict(num_inputs=3.0, num_outputs=2), dict(num_inputs=3, num_outputs=2, fuse_network="yes"),
-    ])
+    @pytest.mark.parametrize(
+        "kwargs",
+        [
+            dict(num_inputs=0, num_outputs=2),
+            dict(num_inputs=3, num_outputs=-1),
+            dict(num_inputs=3, num_outputs=2, hidden_sizes=(4, 0)),
+            dict(num_inputs=3, num_outputs=2, hidden_sizes=(-3,)),
+            dict(num_inputs=3, num_outputs=2, hidden_sizes=5),
+            dict(num_inputs=3, num_outputs=2, hidden_sizes=(2.5,)),
+            dict(num_inputs=3.0, num_outputs=2),
+            dict(num_inputs=3, num_outputs=2, fuse_network="yes"),
+        ],
+    )
     def test_construction(self, kwargs):
         with pytest.raises(ValueError, match="FusedMLP"):
             FusedMLP(**kwargs)
@@ -476,8 +502,9 @@ _TRAIN_SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("backend", ["cpu", "torch"])
 def test_same_seed_bit_equal_in_fresh_processes(backend):
     runs = [
-        subprocess.run([sys.executable, "-c", _TRAIN_SCRIPT, backend], capture_output=True, text=True, timeout=120,
-                       check=True).stdout
+        subprocess.run(
+            [sys.executable, "-c", _TRAIN_SCRIPT, backend], capture_output=True, text=True, timeout=120, check=True
+        ).stdout
         for _ in range(2)
     ]
     assert runs[0] and runs[0] == runs[1]

@@ -102,8 +102,10 @@ def test_trajectory_matches_torch(backend, device, dtype, name):
 def test_low_precision_updates_in_fp32(backend, device, dtype):
     require(backend, device)
     if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
-        pytest.skip("the Triton interpreter keeps bf16 as raw bits and does not round fp32->bf16 to nearest; "
-                    "bf16 is covered on GPU and by the AOT compile")
+        pytest.skip(
+            "the Triton interpreter keeps bf16 as raw bits and does not round fp32->bf16 to nearest; "
+            "bf16 is covered on GPU and by the AOT compile"
+        )
     options = dict(lr=0.1, momentum=0.9, weight_decay=0.01, nesterov=True)
     ours = make_params(device, dtype)
     torch_lowp = clone_params(ours)
@@ -334,18 +336,34 @@ def test_op_found_inf_skips_and_grad_scale_unscales(backend, device, momentum):
     params = [p.detach() for p in make_params(device, torch.float32)]
     grads = make_grads(params, 0)
     bufs = [torch.randn_like(p) for p in params] if momentum else []
-    kwargs = dict(weight_decay=0.0, momentum=momentum, lr_tensor=None, lr=0.5, dampening=0.0, nesterov=False,
-                  maximize=False, is_first_step=False)
+    kwargs = dict(
+        weight_decay=0.0,
+        momentum=momentum,
+        lr_tensor=None,
+        lr=0.5,
+        dampening=0.0,
+        nesterov=False,
+        maximize=False,
+        is_first_step=False,
+    )
     before = [t.clone() for t in params + bufs]
     skip = torch.ones((), device=device)
-    sgd_ops.fused_sgd_(params, grads, bufs, backend=backend, **kwargs, found_inf=skip,
-                       grad_scale=torch.full((), 4.0, device=device))
+    sgd_ops.fused_sgd_(
+        params, grads, bufs, backend=backend, **kwargs, found_inf=skip, grad_scale=torch.full((), 4.0, device=device)
+    )
     for t, t0 in zip(params + bufs, before):
         assert torch.equal(t, t0)
-    sgd_ops.fused_sgd_(params, [g * 4 for g in grads], bufs, backend=backend, **kwargs,
-                       found_inf=torch.zeros((), device=device), grad_scale=torch.full((), 4.0, device=device))
+    sgd_ops.fused_sgd_(
+        params,
+        [g * 4 for g in grads],
+        bufs,
+        backend=backend,
+        **kwargs,
+        found_inf=torch.zeros((), device=device),
+        grad_scale=torch.full((), 4.0, device=device),
+    )
     expected_params = [t.clone() for t in before[: len(params)]]
-    expected_bufs = [t.clone() for t in before[len(params):]]
+    expected_bufs = [t.clone() for t in before[len(params) :]]
     sgd_ops.fused_sgd_torch_(expected_params, grads, expected_bufs, **kwargs)
     for t, e in zip(params + bufs, expected_params + expected_bufs):
         torch.testing.assert_close(t, e)
@@ -376,8 +394,14 @@ def test_64bit_indexing(backend, device):
         dict(nesterov=True),
         dict(nesterov=True, momentum=0.9, dampening=0.1),
     ],
-    ids=["negative_lr", "tensor_lr_2_elements", "negative_momentum", "negative_weight_decay",
-         "nesterov_no_momentum", "nesterov_dampening"],
+    ids=[
+        "negative_lr",
+        "tensor_lr_2_elements",
+        "negative_momentum",
+        "negative_weight_decay",
+        "nesterov_no_momentum",
+        "nesterov_dampening",
+    ],
 )
 def test_bad_arguments_match_torch(kwargs):
     p = torch.zeros(3, requires_grad=True)
@@ -412,8 +436,16 @@ def test_sparse_and_integer_params_are_rejected():
 def test_op_rejects_mismatched_lists(backend, device):
     require(backend, device)
     p = torch.zeros(4, device=device)
-    kwargs = dict(weight_decay=0.0, momentum=0.9, lr_tensor=None, lr=0.1, dampening=0.0, nesterov=False,
-                  maximize=False, is_first_step=True)
+    kwargs = dict(
+        weight_decay=0.0,
+        momentum=0.9,
+        lr_tensor=None,
+        lr=0.1,
+        dampening=0.0,
+        nesterov=False,
+        maximize=False,
+        is_first_step=True,
+    )
     with pytest.raises(RuntimeError, match="momentum buffers"):
         sgd_ops.fused_sgd_([p], [p.clone()], [], backend=backend, **kwargs)
     with pytest.raises(RuntimeError, match="grad 0"):
@@ -440,11 +472,22 @@ def test_opcheck(backend, device, momentum, scaler):
     params = [p.detach() for p in make_params(device, torch.float32)]
     grads = make_grads(params, 0)
     bufs = [torch.randn_like(p) for p in params] if momentum else []
-    kwargs = dict(weight_decay=0.1, momentum=momentum, lr_tensor=torch.tensor(0.1, device=device), lr=0.0,
-                  dampening=0.0, nesterov=momentum != 0, maximize=False, is_first_step=False)
+    kwargs = dict(
+        weight_decay=0.1,
+        momentum=momentum,
+        lr_tensor=torch.tensor(0.1, device=device),
+        lr=0.0,
+        dampening=0.0,
+        nesterov=momentum != 0,
+        maximize=False,
+        is_first_step=False,
+    )
     if scaler:
-        kwargs.update(grad_scale=torch.full((), 2.0, device=device), found_inf=torch.zeros((), device=device),
-                      first_step_skipped=torch.ones((), device=device))
+        kwargs.update(
+            grad_scale=torch.full((), 2.0, device=device),
+            found_inf=torch.zeros((), device=device),
+            first_step_skipped=torch.ones((), device=device),
+        )
     torch.library.opcheck(_op_for(backend), (params, grads, bufs), kwargs)
 
 
@@ -454,8 +497,16 @@ def test_torch_compile_fullgraph(backend, device):
     params = [p.detach() for p in make_params(device, torch.float32)]
     grads, bufs = make_grads(params, 0), [torch.zeros_like(p) for p in params]
     expected_params, expected_bufs = [p.clone() for p in params], [b.clone() for b in bufs]
-    kwargs = dict(weight_decay=0.1, momentum=0.9, lr_tensor=None, lr=0.1, dampening=0.0, nesterov=True,
-                  maximize=False, is_first_step=False)
+    kwargs = dict(
+        weight_decay=0.1,
+        momentum=0.9,
+        lr_tensor=None,
+        lr=0.1,
+        dampening=0.0,
+        nesterov=True,
+        maximize=False,
+        is_first_step=False,
+    )
 
     @torch.compile(fullgraph=True, backend="aot_eager")
     def step(params, grads, bufs):
@@ -511,14 +562,20 @@ def test_triton_kernel_aot_compiles_without_spills(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(TRITON_CACHE_DIR=str(tmp_path / "cache"), TRITON_DUMP_PTXAS_LOG="1")
     report = tmp_path / "report.json"
-    proc = subprocess.run([sys.executable, "-c", _AOT_SCRIPT, ",".join(map(str, _AOT_ARCHS)), str(report)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", _AOT_SCRIPT, ",".join(map(str, _AOT_ARCHS)), str(report)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, f"AOT compile script failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     rows = json.loads(report.read_text())
     failed = [r for r in rows if "error" in r]
     assert not failed, failed
     assert {(r["dtype"], r["arch"]) for r in rows} == {
-        (str(d).replace("torch.", ""), a) for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+        (str(d).replace("torch.", ""), a)
+        for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
         for a in _AOT_ARCHS
     }
     assert all(r["spills"] == 0 for r in rows), rows

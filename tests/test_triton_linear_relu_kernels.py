@@ -29,8 +29,10 @@ else:
     DEVICE = None
 
 needs_runtime = pytest.mark.skipif(
-    DEVICE is None, reason="Triton kernels need a CUDA device or TRITON_INTERPRET=1 (set by tests/conftest.py "
-    "before triton is imported when no GPU is present)")
+    DEVICE is None,
+    reason="Triton kernels need a CUDA device or TRITON_INTERPRET=1 (set by tests/conftest.py "
+    "before triton is imported when no GPU is present)",
+)
 
 # The interpreter (Triton 3.8) keeps bf16 as raw uint16 and runs tl.dot and comparisons on
 # those bits, so bf16 results there are garbage for reasons that have nothing to do with our
@@ -166,8 +168,10 @@ def test_relu_and_bias_flags(relu, bias, dtype):
 
 @needs_runtime
 @pytest.mark.parametrize(
-    "output_mask", [(a, b, c) for a in (True, False) for b in (True, False) for c in (True, False)],
-    ids=lambda m: "".join("1" if v else "0" for v in m))
+    "output_mask",
+    [(a, b, c) for a in (True, False) for b in (True, False) for c in (True, False)],
+    ids=lambda m: "".join("1" if v else "0" for v in m),
+)
 def test_output_mask(output_mask):
     x, w, b, go = _make(18, 7, 17, torch.float64)
     _check(x, w, b, True, go, output_mask)
@@ -186,7 +190,7 @@ def test_non_contiguous_operands(dtype):
     _check(x_t, w_t, b_s, True, go_t)
     # A sliced (row-strided) input and weight.
     x_big = torch.randn(2 * M, K + 3, dtype=dtype, device=DEVICE)
-    _check(x_big[::2, 1:K + 1], w, b, False, go)
+    _check(x_big[::2, 1 : K + 1], w, b, False, go)
 
 
 @needs_runtime
@@ -379,10 +383,18 @@ def aot_report(tmp_path_factory):
     procs = []
     for shard in range(_AOT_SHARDS):
         report = tmp / f"report{shard}.json"
-        cmd = [sys.executable, "-c", _AOT_SCRIPT, tk.__name__, ",".join(map(str, _AOT_ARCHS)), str(report),
-               f"{shard}/{_AOT_SHARDS}"]
-        procs.append((report, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                               text=True)))
+        cmd = [
+            sys.executable,
+            "-c",
+            _AOT_SCRIPT,
+            tk.__name__,
+            ",".join(map(str, _AOT_ARCHS)),
+            str(report),
+            f"{shard}/{_AOT_SHARDS}",
+        ]
+        procs.append(
+            (report, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        )
     rows = []
     for report, proc in procs:
         out, _ = proc.communicate(timeout=900)
@@ -394,8 +406,10 @@ def aot_report(tmp_path_factory):
 
 
 def _label(r):
-    return (f"{r['kernel']}[{r['variant']}, {r['layout']}] {r['dtype']} sm_{r['arch']} {r['config']} "
-            f"w{r['num_warps']} s{r['num_stages']}")
+    return (
+        f"{r['kernel']}[{r['variant']}, {r['layout']}] {r['dtype']} sm_{r['arch']} {r['config']} "
+        f"w{r['num_warps']} s{r['num_stages']}"
+    )
 
 
 @pytest.mark.slow
@@ -406,8 +420,9 @@ class TestAOTCompile:
         failed = [f"{_label(r)}: {r['error']}" for r in aot_report if "error" in r]
         assert not failed, "\n".join(failed)
         compiled = {(r["kernel"], r["dtype"], r["arch"]) for r in aot_report}
-        want = {(k, str(d).replace("torch.", ""), a) for k in tk.KERNELS for d in tk.SUPPORTED_DTYPES
-                for a in _AOT_ARCHS}
+        want = {
+            (k, str(d).replace("torch.", ""), a) for k in tk.KERNELS for d in tk.SUPPORTED_DTYPES for a in _AOT_ARCHS
+        }
         assert compiled == want
 
     def test_no_register_spills(self, aot_report):
@@ -418,8 +433,14 @@ class TestAOTCompile:
         assert not spilled, "\n".join(spilled)
 
     def test_sm90_half_precision_uses_wgmma(self, aot_report):
-        rows = [r for r in aot_report if "error" not in r and r["arch"] == 90 and r["dtype"] in ("float16", "bfloat16")
-                and r["variant"] != "db_only"]  # db_only has no dot
+        rows = [
+            r
+            for r in aot_report
+            if "error" not in r
+            and r["arch"] == 90
+            and r["dtype"] in ("float16", "bfloat16")
+            and r["variant"] != "db_only"
+        ]  # db_only has no dot
         # Triton lowers a dot to wgmma for tiles of >= 64 rows with >= 4 warps; smaller tiles
         # (kept for tiny layers) use mma.sync. Every such config must get wgmma, and every
         # kernel/dtype must have at least one.
@@ -443,6 +464,9 @@ class TestAOTCompile:
 
 def _tile_rows(r):
     """Rows of the kernel's output tile (the wgmma M dimension)."""
-    rows_name = {"_linear_relu_fwd_kernel": "BLOCK_M", "_linear_relu_bwd_dx_kernel": "BLOCK_M",
-                 "_linear_relu_bwd_dw_db_kernel": "BLOCK_N"}[r["kernel"]]
+    rows_name = {
+        "_linear_relu_fwd_kernel": "BLOCK_M",
+        "_linear_relu_bwd_dx_kernel": "BLOCK_M",
+        "_linear_relu_bwd_dw_db_kernel": "BLOCK_N",
+    }[r["kernel"]]
     return r["config"][rows_name]

@@ -33,15 +33,29 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 @triton.jit
 def _cross_entropy_fwd_kernel(
-    logits_ptr, stride_xr, stride_xc,
-    target_ptr, stride_tr, stride_tc,
-    weight_ptr, stride_w,
+    logits_ptr,
+    stride_xr,
+    stride_xc,
+    target_ptr,
+    stride_tr,
+    stride_tc,
+    weight_ptr,
+    stride_w,
     grad_scale_ptr,
-    grad_ptr, stride_gr, stride_gc,
+    grad_ptr,
+    stride_gr,
+    stride_gc,
     loss_ptr,
-    C, ignore_index, smoothing,
-    PROB_TARGET: tl.constexpr, HAS_WEIGHT: tl.constexpr, SMOOTH: tl.constexpr, HAS_SCALE: tl.constexpr,
-    WRITE_GRAD: tl.constexpr, ACC_DTYPE: tl.constexpr, BLOCK_C: tl.constexpr,
+    C,
+    ignore_index,
+    smoothing,
+    PROB_TARGET: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     x_row = logits_ptr + row * stride_xr
@@ -140,8 +154,12 @@ def _cross_entropy_fwd_kernel(
 
 KERNELS = {"_cross_entropy_fwd_kernel": _cross_entropy_fwd_kernel}
 
-_TORCH_TO_TRITON = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32,
-                    torch.float64: tl.float64}
+_TORCH_TO_TRITON = {
+    torch.float16: tl.float16,
+    torch.bfloat16: tl.bfloat16,
+    torch.float32: tl.float32,
+    torch.float64: tl.float64,
+}
 _PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64"}
 
 
@@ -191,9 +209,19 @@ def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
                     signature[arg] = "fp32"
                 else:
                     signature[arg] = "i64"
-            yield {"kernel": "_cross_entropy_fwd_kernel", "fn": fn, "dtype": str(dtype).replace("torch.", ""),
-                   "variant": variant, "signature": signature, "constexprs": constexprs, "attrs": {},
-                   "num_warps": num_warps, "num_stages": 1, "config": {"BLOCK_C": block}}
+            yield {
+                "kernel": "_cross_entropy_fwd_kernel",
+                "fn": fn,
+                "dtype": str(dtype).replace("torch.", ""),
+                "variant": variant,
+                "layout": "rows",
+                "signature": signature,
+                "constexprs": constexprs,
+                "attrs": {},
+                "num_warps": num_warps,
+                "num_stages": 1,
+                "config": {"BLOCK_C": block},
+            }
 
 
 def _device_guard(t: Tensor):
@@ -226,16 +254,29 @@ def cross_entropy_fwd_triton(
     block, num_warps = _block_and_warps(C, logits.dtype)
     with _device_guard(logits):
         _cross_entropy_fwd_kernel[(N,)](
-            logits, logits.stride(0), logits.stride(1),
-            target, target.stride(0), target.stride(1) if prob else 0,
-            weight if weight is not None else logits, weight.stride(0) if weight is not None else 0,
+            logits,
+            logits.stride(0),
+            logits.stride(1),
+            target,
+            target.stride(0),
+            target.stride(1) if prob else 0,
+            weight if weight is not None else logits,
+            weight.stride(0) if weight is not None else 0,
             grad_scale if grad_scale is not None else loss,
-            grad if grad is not None else logits, grad.stride(0) if grad is not None else 0,
+            grad if grad is not None else logits,
+            grad.stride(0) if grad is not None else 0,
             grad.stride(1) if grad is not None else 0,
             loss,
-            C, ignore_index, float(max(label_smoothing, 0.0)),
-            PROB_TARGET=prob, HAS_WEIGHT=weight is not None, SMOOTH=label_smoothing > 0,
-            HAS_SCALE=grad_scale is not None, WRITE_GRAD=grad is not None,
-            ACC_DTYPE=_TORCH_TO_TRITON[acc], BLOCK_C=block, num_warps=num_warps,
+            C,
+            ignore_index,
+            float(max(label_smoothing, 0.0)),
+            PROB_TARGET=prob,
+            HAS_WEIGHT=weight is not None,
+            SMOOTH=label_smoothing > 0,
+            HAS_SCALE=grad_scale is not None,
+            WRITE_GRAD=grad is not None,
+            ACC_DTYPE=_TORCH_TO_TRITON[acc],
+            BLOCK_C=block,
+            num_warps=num_warps,
         )
     return loss

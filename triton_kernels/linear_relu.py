@@ -92,8 +92,7 @@ _TILE_NAMES = {
 def _make_config(kernel_name: str, tile: tuple) -> triton.Config:
     rows, cols, red, group, num_warps, num_stages = tile
     names = _TILE_NAMES[kernel_name]
-    return triton.Config(dict(zip(names, (rows, cols, red, group))), num_warps=num_warps,
-                         num_stages=num_stages)
+    return triton.Config(dict(zip(names, (rows, cols, red, group))), num_warps=num_warps, num_stages=num_stages)
 
 
 def _config_key(cfg: triton.Config) -> tuple:
@@ -147,14 +146,26 @@ def _grouped_tile(pid, num_pid_rows, num_pid_cols, GROUP: tl.constexpr):
 
 @triton.jit
 def _linear_relu_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr,
-    M, N, K,
-    stride_xm, stride_xk,
-    stride_wn, stride_wk,
+    x_ptr,
+    w_ptr,
+    b_ptr,
+    y_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_xk,
+    stride_wn,
+    stride_wk,
     stride_b,
-    stride_ym, stride_yn,
-    HAS_BIAS: tl.constexpr, RELU: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    stride_ym,
+    stride_yn,
+    HAS_BIAS: tl.constexpr,
+    RELU: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
     # int64 pid makes every offset below int64: M * stride can pass 2**31.
@@ -202,14 +213,26 @@ def _linear_relu_fwd_kernel(
 
 @triton.jit
 def _linear_relu_bwd_dx_kernel(
-    g_ptr, y_ptr, w_ptr, dx_ptr,
-    M, N, K,
-    stride_gm, stride_gn,
-    stride_ym, stride_yn,
-    stride_wn, stride_wk,
-    stride_dxm, stride_dxk,
-    RELU: tl.constexpr, ACC_DTYPE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+    g_ptr,
+    y_ptr,
+    w_ptr,
+    dx_ptr,
+    M,
+    N,
+    K,
+    stride_gm,
+    stride_gn,
+    stride_ym,
+    stride_yn,
+    stride_wn,
+    stride_wk,
+    stride_dxm,
+    stride_dxk,
+    RELU: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
     # dx[M, K] = (grad_y * relu'(y))[M, N] @ w[N, K]; output tile M x K, reduction over N.
@@ -251,16 +274,30 @@ def _linear_relu_bwd_dx_kernel(
 
 @triton.jit
 def _linear_relu_bwd_dw_db_kernel(
-    g_ptr, y_ptr, x_ptr, dw_ptr, db_ptr,
-    M, N, K,
-    stride_gm, stride_gn,
-    stride_ym, stride_yn,
-    stride_xm, stride_xk,
-    stride_dwn, stride_dwk,
+    g_ptr,
+    y_ptr,
+    x_ptr,
+    dw_ptr,
+    db_ptr,
+    M,
+    N,
+    K,
+    stride_gm,
+    stride_gn,
+    stride_ym,
+    stride_yn,
+    stride_xm,
+    stride_xk,
+    stride_dwn,
+    stride_dwk,
     stride_db,
-    RELU: tl.constexpr, COMPUTE_DW: tl.constexpr, COMPUTE_DB: tl.constexpr,
+    RELU: tl.constexpr,
+    COMPUTE_DW: tl.constexpr,
+    COMPUTE_DB: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
     GROUP_N: tl.constexpr,
 ):
     # dw[N, K] = g.T[N, M] @ x[M, K]; output tile N x K, reduction over M.
@@ -316,22 +353,24 @@ def _linear_relu_bwd_dw_db_kernel(
         mask = mask_n[:, None] & (offs_k[None, :] < K)
         tl.store(dw_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=mask)
     if COMPUTE_DB:
-        tl.store(db_ptr + offs_n * stride_db, db_acc.to(db_ptr.dtype.element_ty),
-                 mask=mask_n & (pid_k == 0))
+        tl.store(db_ptr + offs_n * stride_db, db_acc.to(db_ptr.dtype.element_ty), mask=mask_n & (pid_k == 0))
 
 
 # Autotuned entry points. Kept separate from the raw JIT functions so the AOT test can
 # compile the latter directly.
 _linear_relu_fwd = triton.autotune(
-    configs=_autotune_configs("_linear_relu_fwd_kernel"), key=["M", "N", "K"],
+    configs=_autotune_configs("_linear_relu_fwd_kernel"),
+    key=["M", "N", "K"],
     prune_configs_by=_make_prune("_linear_relu_fwd_kernel", "x_ptr"),
 )(_linear_relu_fwd_kernel)
 _linear_relu_bwd_dx = triton.autotune(
-    configs=_autotune_configs("_linear_relu_bwd_dx_kernel"), key=["M", "N", "K"],
+    configs=_autotune_configs("_linear_relu_bwd_dx_kernel"),
+    key=["M", "N", "K"],
     prune_configs_by=_make_prune("_linear_relu_bwd_dx_kernel", "g_ptr"),
 )(_linear_relu_bwd_dx_kernel)
 _linear_relu_bwd_dw_db = triton.autotune(
-    configs=_autotune_configs("_linear_relu_bwd_dw_db_kernel"), key=["M", "N", "K"],
+    configs=_autotune_configs("_linear_relu_bwd_dw_db_kernel"),
+    key=["M", "N", "K"],
     prune_configs_by=_make_prune("_linear_relu_bwd_dw_db_kernel", "g_ptr"),
 )(_linear_relu_bwd_dw_db_kernel)
 
@@ -345,49 +384,94 @@ _linear_relu_bwd_dw_db = triton.autotune(
 KERNELS = {
     "_linear_relu_fwd_kernel": {
         "fn": _linear_relu_fwd_kernel,
-        "args": {"x_ptr": "ptr", "w_ptr": "ptr", "b_ptr": "ptr", "y_ptr": "ptr",
-                 "M": "int", "N": "int", "K": "int",
-                 "stride_xm": "int", "stride_xk": "int", "stride_wn": "int", "stride_wk": "int",
-                 "stride_b": "int", "stride_ym": "int", "stride_yn": "int"},
+        "args": {
+            "x_ptr": "ptr",
+            "w_ptr": "ptr",
+            "b_ptr": "ptr",
+            "y_ptr": "ptr",
+            "M": "int",
+            "N": "int",
+            "K": "int",
+            "stride_xm": "int",
+            "stride_xk": "int",
+            "stride_wn": "int",
+            "stride_wk": "int",
+            "stride_b": "int",
+            "stride_ym": "int",
+            "stride_yn": "int",
+        },
         # Launch-time flag combinations; "full" (the most work) is compiled for every config.
-        "variants": {"full": {"HAS_BIAS": True, "RELU": True},
-                     "plain": {"HAS_BIAS": False, "RELU": False}},
+        "variants": {"full": {"HAS_BIAS": True, "RELU": True}, "plain": {"HAS_BIAS": False, "RELU": False}},
         # Operand layouts, as the strides that are 1 in them: Triton specializes an int
         # argument equal to 1 to a constexpr, which decides which dim loads vectorize along.
         # "transposed": x and w are column-major views (x = a.t(), w = w_t.t()).
-        "layouts": {"contiguous": ("stride_xk", "stride_wk", "stride_b", "stride_yn"),
-                    "transposed": ("stride_xm", "stride_wn", "stride_b", "stride_yn")},
+        "layouts": {
+            "contiguous": ("stride_xk", "stride_wk", "stride_b", "stride_yn"),
+            "transposed": ("stride_xm", "stride_wn", "stride_b", "stride_yn"),
+        },
     },
     "_linear_relu_bwd_dx_kernel": {
         "fn": _linear_relu_bwd_dx_kernel,
-        "args": {"g_ptr": "ptr", "y_ptr": "ptr", "w_ptr": "ptr", "dx_ptr": "ptr",
-                 "M": "int", "N": "int", "K": "int",
-                 "stride_gm": "int", "stride_gn": "int", "stride_ym": "int", "stride_yn": "int",
-                 "stride_wn": "int", "stride_wk": "int", "stride_dxm": "int", "stride_dxk": "int"},
+        "args": {
+            "g_ptr": "ptr",
+            "y_ptr": "ptr",
+            "w_ptr": "ptr",
+            "dx_ptr": "ptr",
+            "M": "int",
+            "N": "int",
+            "K": "int",
+            "stride_gm": "int",
+            "stride_gn": "int",
+            "stride_ym": "int",
+            "stride_yn": "int",
+            "stride_wn": "int",
+            "stride_wk": "int",
+            "stride_dxm": "int",
+            "stride_dxk": "int",
+        },
         "variants": {"full": {"RELU": True}, "plain": {"RELU": False}},
         # "grad_expanded": grad_output from .sum(), strides (0, 0).
-        "layouts": {"contiguous": ("stride_gn", "stride_yn", "stride_wk", "stride_dxk"),
-                    "transposed": ("stride_gn", "stride_yn", "stride_wn", "stride_dxk"),
-                    "grad_expanded": ("stride_yn", "stride_wk", "stride_dxk")},
+        "layouts": {
+            "contiguous": ("stride_gn", "stride_yn", "stride_wk", "stride_dxk"),
+            "transposed": ("stride_gn", "stride_yn", "stride_wn", "stride_dxk"),
+            "grad_expanded": ("stride_yn", "stride_wk", "stride_dxk"),
+        },
     },
     "_linear_relu_bwd_dw_db_kernel": {
         "fn": _linear_relu_bwd_dw_db_kernel,
-        "args": {"g_ptr": "ptr", "y_ptr": "ptr", "x_ptr": "ptr", "dw_ptr": "ptr", "db_ptr": "ptr",
-                 "M": "int", "N": "int", "K": "int",
-                 "stride_gm": "int", "stride_gn": "int", "stride_ym": "int", "stride_yn": "int",
-                 "stride_xm": "int", "stride_xk": "int", "stride_dwn": "int", "stride_dwk": "int",
-                 "stride_db": "int"},
-        "variants": {"full": {"RELU": True, "COMPUTE_DW": True, "COMPUTE_DB": True},
-                     "plain": {"RELU": False, "COMPUTE_DW": True, "COMPUTE_DB": False},
-                     "db_only": {"RELU": True, "COMPUTE_DW": False, "COMPUTE_DB": True}},
-        "layouts": {"contiguous": ("stride_gn", "stride_yn", "stride_xk", "stride_dwk", "stride_db"),
-                    "transposed": ("stride_gn", "stride_yn", "stride_xm", "stride_dwk", "stride_db"),
-                    "grad_expanded": ("stride_yn", "stride_xk", "stride_dwk", "stride_db")},
+        "args": {
+            "g_ptr": "ptr",
+            "y_ptr": "ptr",
+            "x_ptr": "ptr",
+            "dw_ptr": "ptr",
+            "db_ptr": "ptr",
+            "M": "int",
+            "N": "int",
+            "K": "int",
+            "stride_gm": "int",
+            "stride_gn": "int",
+            "stride_ym": "int",
+            "stride_yn": "int",
+            "stride_xm": "int",
+            "stride_xk": "int",
+            "stride_dwn": "int",
+            "stride_dwk": "int",
+            "stride_db": "int",
+        },
+        "variants": {
+            "full": {"RELU": True, "COMPUTE_DW": True, "COMPUTE_DB": True},
+            "plain": {"RELU": False, "COMPUTE_DW": True, "COMPUTE_DB": False},
+            "db_only": {"RELU": True, "COMPUTE_DW": False, "COMPUTE_DB": True},
+        },
+        "layouts": {
+            "contiguous": ("stride_gn", "stride_yn", "stride_xk", "stride_dwk", "stride_db"),
+            "transposed": ("stride_gn", "stride_yn", "stride_xm", "stride_dwk", "stride_db"),
+            "grad_expanded": ("stride_yn", "stride_xk", "stride_dwk", "stride_db"),
+        },
     },
 }
 
-_TRITON_PTR_TYPE = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32",
-                    torch.float64: "*fp64"}
+_TRITON_PTR_TYPE = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64"}
 
 
 def _aot_spec(name: str, dtype: torch.dtype, cfg: triton.Config, variant: str, layout: str) -> dict:
@@ -416,9 +500,17 @@ def _aot_spec(name: str, dtype: torch.dtype, cfg: triton.Config, variant: str, l
             signature[arg] = "i32"
             attrs[(i,)] = [["tt.divisibility", 16]]
     return {
-        "kernel": name, "fn": fn, "dtype": str(dtype).replace("torch.", ""), "variant": variant,
-        "layout": layout, "signature": signature, "constexprs": constexprs, "attrs": attrs,
-        "num_warps": cfg.num_warps, "num_stages": cfg.num_stages, "config": dict(cfg.kwargs),
+        "kernel": name,
+        "fn": fn,
+        "dtype": str(dtype).replace("torch.", ""),
+        "variant": variant,
+        "layout": layout,
+        "signature": signature,
+        "constexprs": constexprs,
+        "attrs": attrs,
+        "num_warps": cfg.num_warps,
+        "num_stages": cfg.num_stages,
+        "config": dict(cfg.kwargs),
     }
 
 
@@ -457,6 +549,7 @@ def _device_guard(t: Tensor):
 
 def _tile_grid(rows: int, cols: int, row_block: str, col_block: Optional[str]):
     """1-D launch grid over (rows x cols) output tiles, sized by the chosen config."""
+
     def grid(meta):
         n = triton.cdiv(rows, meta[row_block])
         return (n * triton.cdiv(cols, meta[col_block]) if col_block else n,)
@@ -470,28 +563,31 @@ def _acc_dtype(dtype: torch.dtype):
 
 def _check_dtype(name: str, t: Tensor, dtype: torch.dtype) -> None:
     if t.dtype != dtype:
-        raise RuntimeError(f"linear_relu (triton): expected {name} to have dtype {dtype}, "
-                           f"got {t.dtype}")
+        raise RuntimeError(f"linear_relu (triton): expected {name} to have dtype {dtype}, got {t.dtype}")
 
 
 def _check_common(input: Tensor, weight: Tensor) -> None:
     if input.dtype not in SUPPORTED_DTYPES:
-        raise RuntimeError(f"linear_relu (triton): unsupported dtype {input.dtype}; supported: "
-                           f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}")
+        raise RuntimeError(
+            f"linear_relu (triton): unsupported dtype {input.dtype}; supported: "
+            f"{', '.join(str(d) for d in SUPPORTED_DTYPES)}"
+        )
     _check_dtype("weight", weight, input.dtype)
     if input.dim() != 2 or weight.dim() != 2:
-        raise RuntimeError("linear_relu (triton): expected 2-D input [M, K] and weight [N, K], "
-                           f"got {tuple(input.shape)} and {tuple(weight.shape)}")
+        raise RuntimeError(
+            "linear_relu (triton): expected 2-D input [M, K] and weight [N, K], "
+            f"got {tuple(input.shape)} and {tuple(weight.shape)}"
+        )
     if input.shape[1] != weight.shape[1]:
-        raise RuntimeError(f"linear_relu (triton): input {tuple(input.shape)} and weight "
-                           f"{tuple(weight.shape)} have different in_features")
+        raise RuntimeError(
+            f"linear_relu (triton): input {tuple(input.shape)} and weight "
+            f"{tuple(weight.shape)} have different in_features"
+        )
     if input.device != weight.device:
-        raise RuntimeError(f"linear_relu (triton): input on {input.device}, weight on "
-                           f"{weight.device}")
+        raise RuntimeError(f"linear_relu (triton): input on {input.device}, weight on {weight.device}")
 
 
-def linear_relu_fwd_triton(input: Tensor, weight: Tensor, bias: Optional[Tensor],
-                           relu: bool) -> Tensor:
+def linear_relu_fwd_triton(input: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool) -> Tensor:
     """act(input @ weight.T + bias) as a new contiguous [M, N] tensor."""
     _check_common(input, weight)
     M, K = input.shape
@@ -499,8 +595,7 @@ def linear_relu_fwd_triton(input: Tensor, weight: Tensor, bias: Optional[Tensor]
     if bias is not None:
         _check_dtype("bias", bias, input.dtype)
         if bias.shape != (N,):
-            raise RuntimeError(f"linear_relu (triton): expected bias of shape ({N},), "
-                               f"got {tuple(bias.shape)}")
+            raise RuntimeError(f"linear_relu (triton): expected bias of shape ({N},), got {tuple(bias.shape)}")
     out = torch.empty((M, N), dtype=input.dtype, device=input.device)
     if M == 0 or N == 0:
         return out
@@ -515,19 +610,30 @@ def linear_relu_fwd_triton(input: Tensor, weight: Tensor, bias: Optional[Tensor]
     b = bias if bias is not None else weight
     with _device_guard(input):
         _linear_relu_fwd[_tile_grid(M, N, "BLOCK_M", "BLOCK_N")](
-            input, weight, b, out,
-            M, N, K,
-            input.stride(0), input.stride(1),
-            weight.stride(0), weight.stride(1),
+            input,
+            weight,
+            b,
+            out,
+            M,
+            N,
+            K,
+            input.stride(0),
+            input.stride(1),
+            weight.stride(0),
+            weight.stride(1),
             b.stride(0),
-            out.stride(0), out.stride(1),
-            HAS_BIAS=bias is not None, RELU=bool(relu), ACC_DTYPE=_acc_dtype(input.dtype),
+            out.stride(0),
+            out.stride(1),
+            HAS_BIAS=bias is not None,
+            RELU=bool(relu),
+            ACC_DTYPE=_acc_dtype(input.dtype),
         )
     return out
 
 
-def linear_relu_bwd_triton(grad_output: Tensor, input: Tensor, weight: Tensor, output: Tensor,
-                           relu: bool, output_mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
+def linear_relu_bwd_triton(
+    grad_output: Tensor, input: Tensor, weight: Tensor, output: Tensor, relu: bool, output_mask: list[bool]
+) -> tuple[Tensor, Tensor, Tensor]:
     """(grad_input [M, K], grad_weight [N, K], grad_bias [N]) of linear_relu_fwd_triton.
 
     ``output`` is the forward result (only read when ``relu``: its sign is the ReLU mask).
@@ -538,13 +644,13 @@ def linear_relu_bwd_triton(grad_output: Tensor, input: Tensor, weight: Tensor, o
     N = weight.shape[0]
     _check_dtype("grad_output", grad_output, input.dtype)
     if tuple(grad_output.shape) != (M, N):
-        raise RuntimeError(f"linear_relu (triton): expected grad_output of shape ({M}, {N}), "
-                           f"got {tuple(grad_output.shape)}")
+        raise RuntimeError(
+            f"linear_relu (triton): expected grad_output of shape ({M}, {N}), got {tuple(grad_output.shape)}"
+        )
     if relu:
         _check_dtype("output", output, input.dtype)
         if tuple(output.shape) != (M, N):
-            raise RuntimeError(f"linear_relu (triton): expected output of shape ({M}, {N}), "
-                               f"got {tuple(output.shape)}")
+            raise RuntimeError(f"linear_relu (triton): expected output of shape ({M}, {N}), got {tuple(output.shape)}")
     if len(output_mask) != 3:
         raise RuntimeError("linear_relu (triton): output_mask must have 3 entries")
     need_dx, need_dw, need_db = (bool(m) for m in output_mask)
@@ -563,13 +669,23 @@ def linear_relu_bwd_triton(grad_output: Tensor, input: Tensor, weight: Tensor, o
             if M > 0 and K > 0:
                 with _device_guard(input):
                     _linear_relu_bwd_dx[_tile_grid(M, K, "BLOCK_M", "BLOCK_K")](
-                        grad_output, y, weight, grad_input,
-                        M, N, K,
-                        grad_output.stride(0), grad_output.stride(1),
-                        y.stride(0), y.stride(1),
-                        weight.stride(0), weight.stride(1),
-                        grad_input.stride(0), grad_input.stride(1),
-                        RELU=relu, ACC_DTYPE=acc_dtype,
+                        grad_output,
+                        y,
+                        weight,
+                        grad_input,
+                        M,
+                        N,
+                        K,
+                        grad_output.stride(0),
+                        grad_output.stride(1),
+                        y.stride(0),
+                        y.stride(1),
+                        weight.stride(0),
+                        weight.stride(1),
+                        grad_input.stride(0),
+                        grad_input.stride(1),
+                        RELU=relu,
+                        ACC_DTYPE=acc_dtype,
                     )
 
     grad_weight = input.new_empty(0)
@@ -590,13 +706,26 @@ def linear_relu_bwd_triton(grad_output: Tensor, input: Tensor, weight: Tensor, o
             with _device_guard(input):
                 grid = _tile_grid(N, K, "BLOCK_N", "BLOCK_K" if compute_dw else None)
                 _linear_relu_bwd_dw_db[grid](
-                    grad_output, y, x, dw, db,
-                    M, N, K,
-                    grad_output.stride(0), grad_output.stride(1),
-                    y.stride(0), y.stride(1),
-                    x.stride(0), x.stride(1),
-                    dw.stride(0), dw.stride(1),
+                    grad_output,
+                    y,
+                    x,
+                    dw,
+                    db,
+                    M,
+                    N,
+                    K,
+                    grad_output.stride(0),
+                    grad_output.stride(1),
+                    y.stride(0),
+                    y.stride(1),
+                    x.stride(0),
+                    x.stride(1),
+                    dw.stride(0),
+                    dw.stride(1),
                     db.stride(0),
-                    RELU=relu, COMPUTE_DW=compute_dw, COMPUTE_DB=need_db, ACC_DTYPE=acc_dtype,
+                    RELU=relu,
+                    COMPUTE_DW=compute_dw,
+                    COMPUTE_DB=need_db,
+                    ACC_DTYPE=acc_dtype,
                 )
     return grad_input, grad_weight, grad_bias

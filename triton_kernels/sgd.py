@@ -45,9 +45,20 @@ _TRITON_PTR_TYPE = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float
 
 
 @triton.jit
-def _sgd_math(param, grad, buf, weight_decay, momentum, one_minus_dampening, lr, first_step,
-              HAS_WEIGHT_DECAY: tl.constexpr, HAS_MOMENTUM: tl.constexpr, NESTEROV: tl.constexpr,
-              MAXIMIZE: tl.constexpr):
+def _sgd_math(
+    param,
+    grad,
+    buf,
+    weight_decay,
+    momentum,
+    one_minus_dampening,
+    lr,
+    first_step,
+    HAS_WEIGHT_DECAY: tl.constexpr,
+    HAS_MOMENTUM: tl.constexpr,
+    NESTEROV: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+):
     # torch.optim.SGD's update for one block; returns (new param, new buffer). `first_step`
     # is a scalar bool: the buffer then starts as the (decayed) gradient.
     g = -grad if MAXIMIZE else grad
@@ -65,12 +76,25 @@ def _sgd_math(param, grad, buf, weight_decay, momentum, one_minus_dampening, lr,
 
 @triton.jit
 def _fused_sgd_kernel(
-    table_ptr, num_tensors, num_programs, dtype_probe_ptr, lr_ptr, grad_scale_ptr, found_inf_ptr,
+    table_ptr,
+    num_tensors,
+    num_programs,
+    dtype_probe_ptr,
+    lr_ptr,
+    grad_scale_ptr,
+    found_inf_ptr,
     first_step_skipped_ptr,
-    ACC_DTYPE: tl.constexpr, HAS_WEIGHT_DECAY: tl.constexpr, HAS_MOMENTUM: tl.constexpr,
-    NESTEROV: tl.constexpr, MAXIMIZE: tl.constexpr, IS_FIRST_STEP: tl.constexpr,
-    HAS_LR_TENSOR: tl.constexpr, HAS_GRAD_SCALE: tl.constexpr, HAS_FOUND_INF: tl.constexpr,
-    HAS_FIRST_STEP_SKIPPED: tl.constexpr, BLOCK: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    HAS_WEIGHT_DECAY: tl.constexpr,
+    HAS_MOMENTUM: tl.constexpr,
+    NESTEROV: tl.constexpr,
+    MAXIMIZE: tl.constexpr,
+    IS_FIRST_STEP: tl.constexpr,
+    HAS_LR_TENSOR: tl.constexpr,
+    HAS_GRAD_SCALE: tl.constexpr,
+    HAS_FOUND_INF: tl.constexpr,
+    HAS_FIRST_STEP_SKIPPED: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     elem_ty = dtype_probe_ptr.dtype.element_ty
@@ -106,8 +130,20 @@ def _fused_sgd_kernel(
         buf = tl.load(buf_ptr + offsets, mask=mask).to(ACC_DTYPE)
     else:
         buf = grad
-    new_param, new_buf = _sgd_math(param, grad, buf, weight_decay, momentum, one_minus_dampening, lr,
-                                   first_step, HAS_WEIGHT_DECAY, HAS_MOMENTUM, NESTEROV, MAXIMIZE)
+    new_param, new_buf = _sgd_math(
+        param,
+        grad,
+        buf,
+        weight_decay,
+        momentum,
+        one_minus_dampening,
+        lr,
+        first_step,
+        HAS_WEIGHT_DECAY,
+        HAS_MOMENTUM,
+        NESTEROV,
+        MAXIMIZE,
+    )
     tl.store(param_ptr + offsets, new_param.to(elem_ty), mask=mask)
     if HAS_MOMENTUM:
         tl.store(buf_ptr + offsets, new_buf.to(elem_ty), mask=mask)
@@ -162,14 +198,20 @@ def fused_sgd_triton_(
     block_tensors, block_starts = _block_map(numels)
     if block_tensors:
         coeffs = torch.tensor([weight_decay, momentum, 1.0 - dampening, lr], dtype=torch.float64).view(torch.int64)
-        host_table = torch.cat([
-            coeffs,
-            torch.tensor(
-                [p.data_ptr() for p in work_params] + [g.data_ptr() for g in work_grads]
-                + [b.data_ptr() for b in work_bufs] + numels + block_tensors + block_starts,
-                dtype=torch.int64,
-            ),
-        ])
+        host_table = torch.cat(
+            [
+                coeffs,
+                torch.tensor(
+                    [p.data_ptr() for p in work_params]
+                    + [g.data_ptr() for g in work_grads]
+                    + [b.data_ptr() for b in work_bufs]
+                    + numels
+                    + block_tensors
+                    + block_starts,
+                    dtype=torch.int64,
+                ),
+            ]
+        )
         device = params[0].device
         if device.type == "cuda":
             # Pinned memory makes the copy asynchronous: the host does not wait for the stream.
@@ -179,16 +221,26 @@ def fused_sgd_triton_(
         probe = work_params[0]
         with _device_guard(probe):
             _fused_sgd_kernel[(len(block_tensors),)](
-                table, len(params), len(block_tensors), probe,
+                table,
+                len(params),
+                len(block_tensors),
+                probe,
                 probe if lr_tensor is None else lr_tensor,
                 probe if grad_scale is None else grad_scale,
                 probe if found_inf is None else found_inf,
                 probe if first_step_skipped is None else first_step_skipped,
                 ACC_DTYPE=tl.float64 if dtype == torch.float64 else tl.float32,
-                HAS_WEIGHT_DECAY=weight_decay != 0, HAS_MOMENTUM=has_momentum, NESTEROV=nesterov,
-                MAXIMIZE=maximize, IS_FIRST_STEP=is_first_step, HAS_LR_TENSOR=lr_tensor is not None,
-                HAS_GRAD_SCALE=grad_scale is not None, HAS_FOUND_INF=found_inf is not None,
-                HAS_FIRST_STEP_SKIPPED=first_step_skipped is not None, BLOCK=BLOCK, num_warps=NUM_WARPS,
+                HAS_WEIGHT_DECAY=weight_decay != 0,
+                HAS_MOMENTUM=has_momentum,
+                NESTEROV=nesterov,
+                MAXIMIZE=maximize,
+                IS_FIRST_STEP=is_first_step,
+                HAS_LR_TENSOR=lr_tensor is not None,
+                HAS_GRAD_SCALE=grad_scale is not None,
+                HAS_FOUND_INF=found_inf is not None,
+                HAS_FIRST_STEP_SKIPPED=first_step_skipped is not None,
+                BLOCK=BLOCK,
+                num_warps=NUM_WARPS,
             )
     for p, w in zip(params, work_params):
         if w is not p:
@@ -207,33 +259,76 @@ def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
     num_stages, config -- what triton.compile(ASTSource(...)) needs.
     """
     variants = {
-        "all_options": dict(HAS_WEIGHT_DECAY=True, HAS_MOMENTUM=True, NESTEROV=True, MAXIMIZE=True,
-                            IS_FIRST_STEP=False, HAS_LR_TENSOR=True, HAS_GRAD_SCALE=True, HAS_FOUND_INF=True,
-                            HAS_FIRST_STEP_SKIPPED=True),
-        "momentum_first_step": dict(HAS_WEIGHT_DECAY=True, HAS_MOMENTUM=True, NESTEROV=False, MAXIMIZE=False,
-                                    IS_FIRST_STEP=True, HAS_LR_TENSOR=False, HAS_GRAD_SCALE=False,
-                                    HAS_FOUND_INF=False, HAS_FIRST_STEP_SKIPPED=False),
-        "momentum_steady": dict(HAS_WEIGHT_DECAY=False, HAS_MOMENTUM=True, NESTEROV=False, MAXIMIZE=False,
-                                IS_FIRST_STEP=False, HAS_LR_TENSOR=False, HAS_GRAD_SCALE=False, HAS_FOUND_INF=False,
-                                HAS_FIRST_STEP_SKIPPED=False),
-        "plain": dict(HAS_WEIGHT_DECAY=False, HAS_MOMENTUM=False, NESTEROV=False, MAXIMIZE=False,
-                      IS_FIRST_STEP=False, HAS_LR_TENSOR=False, HAS_GRAD_SCALE=False, HAS_FOUND_INF=False,
-                      HAS_FIRST_STEP_SKIPPED=False),
+        "all_options": dict(
+            HAS_WEIGHT_DECAY=True,
+            HAS_MOMENTUM=True,
+            NESTEROV=True,
+            MAXIMIZE=True,
+            IS_FIRST_STEP=False,
+            HAS_LR_TENSOR=True,
+            HAS_GRAD_SCALE=True,
+            HAS_FOUND_INF=True,
+            HAS_FIRST_STEP_SKIPPED=True,
+        ),
+        "momentum_first_step": dict(
+            HAS_WEIGHT_DECAY=True,
+            HAS_MOMENTUM=True,
+            NESTEROV=False,
+            MAXIMIZE=False,
+            IS_FIRST_STEP=True,
+            HAS_LR_TENSOR=False,
+            HAS_GRAD_SCALE=False,
+            HAS_FOUND_INF=False,
+            HAS_FIRST_STEP_SKIPPED=False,
+        ),
+        "momentum_steady": dict(
+            HAS_WEIGHT_DECAY=False,
+            HAS_MOMENTUM=True,
+            NESTEROV=False,
+            MAXIMIZE=False,
+            IS_FIRST_STEP=False,
+            HAS_LR_TENSOR=False,
+            HAS_GRAD_SCALE=False,
+            HAS_FOUND_INF=False,
+            HAS_FIRST_STEP_SKIPPED=False,
+        ),
+        "plain": dict(
+            HAS_WEIGHT_DECAY=False,
+            HAS_MOMENTUM=False,
+            NESTEROV=False,
+            MAXIMIZE=False,
+            IS_FIRST_STEP=False,
+            HAS_LR_TENSOR=False,
+            HAS_GRAD_SCALE=False,
+            HAS_FOUND_INF=False,
+            HAS_FIRST_STEP_SKIPPED=False,
+        ),
     }
     fn = _fused_sgd_kernel
     for dtype in dtypes:
         for variant, flags in variants.items():
             constexprs = dict(flags, ACC_DTYPE=tl.float64 if dtype == torch.float64 else tl.float32, BLOCK=BLOCK)
             signature = {
-                "table_ptr": "*i64", "num_tensors": "i64", "num_programs": "i64",
-                "dtype_probe_ptr": _TRITON_PTR_TYPE[dtype], "lr_ptr": "*fp32", "grad_scale_ptr": "*fp32",
-                "found_inf_ptr": "*fp32", "first_step_skipped_ptr": "*fp32",
+                "table_ptr": "*i64",
+                "num_tensors": "i64",
+                "num_programs": "i64",
+                "dtype_probe_ptr": _TRITON_PTR_TYPE[dtype],
+                "lr_ptr": "*fp32",
+                "grad_scale_ptr": "*fp32",
+                "found_inf_ptr": "*fp32",
+                "first_step_skipped_ptr": "*fp32",
             }
             for name in constexprs:
                 signature[name] = "constexpr"
             yield {
-                "kernel": "_fused_sgd_kernel", "fn": fn, "dtype": str(dtype).replace("torch.", ""),
-                "variant": variant, "signature": {a: signature[a] for a in fn.arg_names},
-                "constexprs": constexprs, "attrs": {}, "num_warps": NUM_WARPS, "num_stages": 1,
+                "kernel": "_fused_sgd_kernel",
+                "fn": fn,
+                "dtype": str(dtype).replace("torch.", ""),
+                "variant": variant,
+                "signature": {a: signature[a] for a in fn.arg_names},
+                "constexprs": constexprs,
+                "attrs": {},
+                "num_warps": NUM_WARPS,
+                "num_stages": 1,
                 "config": {"BLOCK": BLOCK},
             }

@@ -44,14 +44,18 @@ def _progress(done: int, total: int, label: str) -> None:
 
 
 def _add_speedups(rows: list[dict]) -> None:
-    eager = {(r["op"], r["case"]): r["median_ms"] for r in rows if r["provider"] in ("eager", "torch.optim.SGD:for-loop")}
+    eager = {
+        (r["op"], r["case"]): r["median_ms"] for r in rows if r["provider"] in ("eager", "torch.optim.SGD:for-loop")
+    }
     for r in rows:
         base = eager.get((r["op"], r["case"]))
         r["speedup_vs_eager"] = base / r["median_ms"] if base else None
 
 
 def format_table(rows: list[dict]) -> str:
-    header = f"{'op':<14} {'case':<34} {'provider':<26} {'median ms':>10} {'p20-p80 ms':>19} {'vs eager':>8} {'rate':>13}"
+    header = (
+        f"{'op':<14} {'case':<34} {'provider':<26} {'median ms':>10} {'p20-p80 ms':>19} {'vs eager':>8} {'rate':>13}"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         rate = ""
@@ -62,7 +66,8 @@ def format_table(rows: list[dict]) -> str:
         speedup = f"{r['speedup_vs_eager']:.2f}x" if r.get("speedup_vs_eager") else ""
         spread = f"{r['p20_ms']:.4f}-{r['p80_ms']:.4f}"
         lines.append(
-            f"{r['op']:<14} {r['case']:<34} {r['provider']:<26} {r['median_ms']:>10.4f} {spread:>19} {speedup:>8} {rate:>13}"
+            f"{r['op']:<14} {r['case']:<34} {r['provider']:<26} {r['median_ms']:>10.4f} "
+            f"{spread:>19} {speedup:>8} {rate:>13}"
         )
     return "\n".join(lines)
 
@@ -138,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     with open(os.path.join(args.out, f"{name}.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    plot(rows, os.path.join(args.out, f"{name}.png"), f"fusedmlp vs eager PyTorch on {name}, {meta['threads']} thread(s)")
+    plot(
+        rows, os.path.join(args.out, f"{name}.png"), f"fusedmlp vs eager PyTorch on {name}, {meta['threads']} thread(s)"
+    )
     print(f"wrote {args.out}/{name}.json and .png in {meta['seconds']} s")
     return 0
 

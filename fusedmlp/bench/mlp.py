@@ -48,8 +48,9 @@ def _sequential(widths):
     return torch.nn.Sequential(*layers)
 
 
-def make_step(provider: str, widths, batch: int, device: torch.device | str = "cpu"
-              ) -> tuple[Callable[[], torch.Tensor], torch.nn.Module]:
+def make_step(
+    provider: str, widths, batch: int, device: torch.device | str = "cpu"
+) -> tuple[Callable[[], torch.Tensor], torch.nn.Module]:
     """A closure running one training step (returns the loss) and the model it trains. Every
     provider starts from the same weights and data."""
     torch.manual_seed(0)
@@ -58,8 +59,14 @@ def make_step(provider: str, widths, batch: int, device: torch.device | str = "c
     y = torch.randint(0, widths[-1], (batch,), device=device)
     if provider.startswith("fusedmlp:"):
         backend = provider.split(":")[1].split()[0]
-        model = fusedmlp.FusedMLP(widths[0], widths[-1], widths[1:-1], backend=backend, device=device,
-                                  fuse_network=False if provider.endswith("layers") else None)
+        model = fusedmlp.FusedMLP(
+            widths[0],
+            widths[-1],
+            widths[1:-1],
+            backend=backend,
+            device=device,
+            fuse_network=False if provider.endswith("layers") else None,
+        )
         model.layers.load_state_dict(reference.state_dict())
         optimizer = fusedmlp.FusedSGD(model.parameters(), backend=backend, **SGD_ARGS)
 
@@ -110,10 +117,15 @@ def run_mlp_bench(quick: bool = True, device: str | torch.device = "cpu") -> lis
         steps = {provider: make_step(provider, widths, batch, device)[0] for provider in names}
         times = time_providers(steps, device, rounds=9 if quick else 21)
         for provider, t in times.items():
-            rows.append({
-                "op": "train_step", "case": name, "provider": provider, **t,
-                "speedup_vs_compile": times["torch.compile"]["median_ms"] / t["median_ms"],
-            })
+            rows.append(
+                {
+                    "op": "train_step",
+                    "case": name,
+                    "provider": provider,
+                    **t,
+                    "speedup_vs_compile": times["torch.compile"]["median_ms"] / t["median_ms"],
+                }
+            )
     return rows
 
 
@@ -136,5 +148,7 @@ def profile_step(provider: str, widths=(50, 30, 20, 3), batch: int = 32, steps: 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     for row in run_mlp_bench(quick=True):
-        print(f"{row['case']:32s} {row['provider']:20s} {row['median_ms'] * 1e3:9.1f} us"
-              f"  x{row['speedup_vs_compile']:.2f} vs torch.compile")
+        print(
+            f"{row['case']:32s} {row['provider']:20s} {row['median_ms'] * 1e3:9.1f} us"
+            f"  x{row['speedup_vs_compile']:.2f} vs torch.compile"
+        )

@@ -63,22 +63,28 @@ def run_sgd_bench(quick: bool = True, device: str | torch.device = "cpu") -> lis
             for a, b in zip(params, expected):
                 torch.testing.assert_close(a, b, msg=lambda m, n=name, c=case: f"{n} on {c}: {m}")
             optimizers[name] = opt
-        times = time_providers({name: opt.step for name, opt in optimizers.items()}, device,
-                               rounds=7 if quick else 15)
+        times = time_providers({name: opt.step for name, opt in optimizers.items()}, device, rounds=7 if quick else 15)
         # Floor with momentum: read p, g, buf and write p, buf.
         step_bytes = 5 * numel * 4
         for name, t in times.items():
-            rows.append({
-                "op": "sgd", "case": f"{case} ({len(shapes)} tensors)", "provider": name, **t,
-                "gbps": step_bytes / (t["median_ms"] * 1e-3) / 1e9,
-                "speedup_vs_fused": times["torch.optim.SGD:fused"]["median_ms"] / t["median_ms"],
-                "speedup_vs_foreach": times["torch.optim.SGD:foreach"]["median_ms"] / t["median_ms"],
-            })
+            rows.append(
+                {
+                    "op": "sgd",
+                    "case": f"{case} ({len(shapes)} tensors)",
+                    "provider": name,
+                    **t,
+                    "gbps": step_bytes / (t["median_ms"] * 1e-3) / 1e9,
+                    "speedup_vs_fused": times["torch.optim.SGD:fused"]["median_ms"] / t["median_ms"],
+                    "speedup_vs_foreach": times["torch.optim.SGD:foreach"]["median_ms"] / t["median_ms"],
+                }
+            )
     return rows
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
     for row in run_sgd_bench(quick=True, device="cuda" if torch.cuda.is_available() else "cpu"):
-        print(f"{row['case']:>28} {row['provider']:>26} {row['median_ms']:9.4f} ms "
-              f"x{row['speedup_vs_fused']:.2f} vs fused, x{row['speedup_vs_foreach']:.2f} vs foreach")
+        print(
+            f"{row['case']:>28} {row['provider']:>26} {row['median_ms']:9.4f} ms "
+            f"x{row['speedup_vs_fused']:.2f} vs fused, x{row['speedup_vs_foreach']:.2f} vs foreach"
+        )

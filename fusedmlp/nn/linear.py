@@ -15,8 +15,9 @@ from fusedmlp._backend import check_backend_name
 class FusedLinear(nn.Linear):
     """``nn.Linear`` computed by fusedmlp's kernels (no activation; for output layers)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, backend: str = "auto",
-                 device=None, dtype=None) -> None:
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, *, backend: str = "auto", device=None, dtype=None
+    ) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.backend = check_backend_name(backend)
 

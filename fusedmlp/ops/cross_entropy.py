@@ -32,14 +32,14 @@ def check_cross_entropy_args(
     torch._check(
         logits.dtype.is_floating_point, lambda: f"cross_entropy: expected floating point logits, got {logits.dtype}"
     )
-    torch._check(
-        label_smoothing <= 1.0, lambda: f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}"
-    )
+    torch._check(label_smoothing <= 1.0, lambda: f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
     N, C = logits.shape
     torch._check(
         target.device == logits.device,
-        lambda: f"cross_entropy: expected all tensors to be on the same device, but found {target.device} and "
-        f"{logits.device}",
+        lambda: (
+            f"cross_entropy: expected all tensors to be on the same device, but found {target.device} and "
+            f"{logits.device}"
+        ),
     )
     if target.dim() == 1:
         torch._check(
@@ -62,8 +62,10 @@ def check_cross_entropy_args(
     if weight is not None:
         torch._check(
             weight.dim() == 1 and weight.shape[0] == C,
-            lambda: f"weight tensor should be defined either for all {C} classes or no classes but got weight "
-            f"tensor of shape: {list(weight.shape)}",
+            lambda: (
+                f"weight tensor should be defined either for all {C} classes or no classes but got weight "
+                f"tensor of shape: {list(weight.shape)}"
+            ),
         )
         torch._check(
             weight.dtype == logits.dtype, lambda: f"expected scalar type {logits.dtype} but found {weight.dtype}"

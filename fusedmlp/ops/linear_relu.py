@@ -22,8 +22,10 @@ def _check_linear_relu_args(input: Tensor, weight: Tensor, bias: Optional[Tensor
     torch._check(weight.dim() == 2, lambda: f"linear_relu: expected a 2-D weight, got {weight.dim()}-D")
     torch._check(
         input.shape[1] == weight.shape[1],
-        lambda: f"linear_relu: mat1 and mat2 shapes cannot be multiplied "
-        f"({input.shape[0]}x{input.shape[1]} and {weight.shape[1]}x{weight.shape[0]})",
+        lambda: (
+            f"linear_relu: mat1 and mat2 shapes cannot be multiplied "
+            f"({input.shape[0]}x{input.shape[1]} and {weight.shape[1]}x{weight.shape[0]})"
+        ),
     )
     torch._check(
         input.dtype == weight.dtype,
@@ -54,8 +56,10 @@ def _linear_relu_bwd_fake(
     _check_linear_relu_args(input, weight, None)
     torch._check(
         grad_output.shape == (input.shape[0], weight.shape[0]),
-        lambda: f"linear_relu_bwd: expected grad_output of shape {[input.shape[0], weight.shape[0]]}, "
-        f"got {list(grad_output.shape)}",
+        lambda: (
+            f"linear_relu_bwd: expected grad_output of shape {[input.shape[0], weight.shape[0]]}, "
+            f"got {list(grad_output.shape)}"
+        ),
     )
     torch._check(output.shape == grad_output.shape, lambda: "linear_relu_bwd: output and grad_output shapes differ")
     grad_input = input.new_empty(input.shape) if output_mask[0] else input.new_empty(0)

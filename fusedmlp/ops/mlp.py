@@ -24,18 +24,21 @@ def _check_layer(i: int, input: Tensor, width: int, weight: Tensor, bias: Option
     torch._check(weight.dim() == 2, lambda: f"mlp: expected weight {i} to be 2-D, got {weight.dim()}-D")
     torch._check(
         weight.shape[1] == width,
-        lambda: f"mlp: layer {i}: mat1 and mat2 shapes cannot be multiplied "
-        f"({input.shape[0]}x{width} and {weight.shape[1]}x{weight.shape[0]})",
+        lambda: (
+            f"mlp: layer {i}: mat1 and mat2 shapes cannot be multiplied "
+            f"({input.shape[0]}x{width} and {weight.shape[1]}x{weight.shape[0]})"
+        ),
     )
     torch._check(
         weight.dtype == input.dtype,
-        lambda: f"mlp: expected input and weight {i} to have the same dtype, but got {input.dtype} and "
-        f"{weight.dtype}",
+        lambda: f"mlp: expected input and weight {i} to have the same dtype, but got {input.dtype} and {weight.dtype}",
     )
     torch._check(
         weight.device == input.device,
-        lambda: f"mlp: expected all tensors to be on the same device, but found {input.device} and "
-        f"{weight.device} (weight {i})",
+        lambda: (
+            f"mlp: expected all tensors to be on the same device, but found {input.device} and "
+            f"{weight.device} (weight {i})"
+        ),
     )
     if bias is not None:
         torch._check(
@@ -86,8 +89,10 @@ def _mlp_bwd_fake(
     )
     torch._check(
         grad_output.shape == (input.shape[0], weights[-1].shape[0]),
-        lambda: f"mlp_bwd: expected grad_output of shape {[input.shape[0], weights[-1].shape[0]]}, "
-        f"got {list(grad_output.shape)}",
+        lambda: (
+            f"mlp_bwd: expected grad_output of shape {[input.shape[0], weights[-1].shape[0]]}, "
+            f"got {list(grad_output.shape)}"
+        ),
     )
     grad_input = input.new_empty(input.shape) if input_grad else input.new_empty(0)
     grad_weights = [

@@ -138,9 +138,20 @@ def fused_sgd_torch_(
     """torch.optim.SGD's _single_tensor_sgd on the fused_sgd_ signature. A skipped step
     (found_inf != 0) and a device-side first step are selected with torch.where, never .item()."""
     _fused_sgd_fake(
-        params, grads, momentum_buffers, weight_decay=weight_decay, momentum=momentum, lr_tensor=lr_tensor, lr=lr,
-        dampening=dampening, nesterov=nesterov, maximize=maximize, is_first_step=is_first_step,
-        grad_scale=grad_scale, found_inf=found_inf, first_step_skipped=first_step_skipped,
+        params,
+        grads,
+        momentum_buffers,
+        weight_decay=weight_decay,
+        momentum=momentum,
+        lr_tensor=lr_tensor,
+        lr=lr,
+        dampening=dampening,
+        nesterov=nesterov,
+        maximize=maximize,
+        is_first_step=is_first_step,
+        grad_scale=grad_scale,
+        found_inf=found_inf,
+        first_step_skipped=first_step_skipped,
     )
     skip = found_inf.reshape(()) != 0 if found_inf is not None else None
     for i, param in enumerate(params):

@@ -154,8 +154,9 @@ class FusedSGD(Optimizer):
             grads_per_call = [[p.grad for p in call[1]] for call in plan[2]]
             if not any(g is None for grads in grads_per_call for g in grads):
                 for call, grads in zip(plan[2], grads_per_call):
-                    call[3] = self._launch(group, call[0], call[1], grads, call[2], call[3], grad_scale, found_inf,
-                                           per_device)
+                    call[3] = self._launch(
+                        group, call[0], call[1], grads, call[2], call[3], grad_scale, found_inf, per_device
+                    )
                 return
         self._plans.pop(id(group), None)
 
@@ -200,14 +201,25 @@ class FusedSGD(Optimizer):
 
         for call in calls.values():
             device, params, bufs, situation, grads = call
-            call[3] = self._launch(group, device, params, grads, bufs if momentum != 0 else [], situation,
-                                   grad_scale, found_inf, per_device)
+            call[3] = self._launch(
+                group,
+                device,
+                params,
+                grads,
+                bufs if momentum != 0 else [],
+                situation,
+                grad_scale,
+                found_inf,
+                per_device,
+            )
         if all_have_grads:
             self._plans[id(group)] = (
                 group["params"],
                 len(group["params"]),
-                [[device, params, bufs if momentum != 0 else [], situation]
-                 for device, params, bufs, situation, _ in calls.values()],
+                [
+                    [device, params, bufs if momentum != 0 else [], situation]
+                    for device, params, bufs, situation, _ in calls.values()
+                ],
             )
 
     def _launch(
