@@ -27,7 +27,7 @@ bench: install
 	$(PYTHON) -m fusedmlp.bench
 
 bench-full: install
-	$(PYTHON) -m fusedmlp.bench --full
+	$(PYTHON) -m fusedmlp.bench --full --out bench/results/full
 
 bench-regress: install
 	$(PYTHON) -m pytest bench -o python_files='bench_*.py' --benchmark-only --benchmark-autosave
