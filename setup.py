@@ -106,7 +106,7 @@ def _extensions():
     def rel(pattern):
         return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
 
-    sources = ["csrc/fusedmlp.cpp"] + rel("csrc/cpu/*.cpp")
+    sources = ["csrc/fusedmlp.cpp"] + rel("csrc/autograd/*.cpp") + rel("csrc/cpu/*.cpp")
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     # No -std flag: torch.utils.cpp_extension picks the standard its headers need (C++20 for 2.14).
     cxx_flags = ["-O3", "-fvisibility=hidden"]

@@ -60,4 +60,7 @@ TORCH_LIBRARY(fusedmlp, m) {
   m.def(
       "mlp_bwd(Tensor grad_output, Tensor input, Tensor[] weights, Tensor[] activations, bool input_grad, "
       "bool[] weight_grads, bool[] bias_grads) -> (Tensor grad_input, Tensor[] grad_weights, Tensor[] grad_biases)");
+  // The differentiable whole network: mlp_fwd's output, with autograd in C++ (csrc/autograd/mlp.cpp)
+  // whose backward is mlp_bwd. FusedMLP calls this for the backends whose kernels are C++.
+  m.def("mlp(Tensor input, Tensor[] weights, Tensor[] biases) -> Tensor");
 }

@@ -15,6 +15,7 @@ from support import backend_device_params, close_to_reference, require
 
 import fusedmlp
 from fusedmlp import FusedMLP, MLPFunction
+from fusedmlp.autograd.mlp import mlp as network_mlp
 from fusedmlp.ops import mlp as mlp_ops
 
 BACKEND_DEVICE = backend_device_params()
@@ -225,36 +226,65 @@ def _away_from_kinks(widths, generator):
             return x, params
 
 
+def _network_entry(entry: str, backend: str):
+    """(x, w0, b0, w1, b1, ...) -> output through one of the two differentiable entry points:
+    fusedmlp.autograd.mlp.mlp (the C++ autograd op on C++ backends) or MLPFunction."""
+    if entry == "MLPFunction":
+        return lambda x, *p: MLPFunction.apply(x, backend, *p)
+    return lambda x, *p: network_mlp(x, list(p[0::2]), list(p[1::2]), backend)
+
+
+ENTRIES = ["mlp", "MLPFunction"]
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
 @pytest.mark.parametrize("backend,device", NETWORK_BACKEND_DEVICE)
 @pytest.mark.parametrize("widths", [(3, 4, 5, 2), (3, 2)], ids=["two_hidden", "single_layer"])
-def test_gradcheck_fp64(backend, device, widths):
+def test_gradcheck_fp64(backend, device, widths, entry):
     require(backend, device)
     x, params = _away_from_kinks(widths, torch.Generator().manual_seed(3))
     args = [t.to(device).requires_grad_(True) for t in (x, *params)]
-    assert torch.autograd.gradcheck(lambda x, *p: MLPFunction.apply(x, backend, *p), args)
+    assert torch.autograd.gradcheck(_network_entry(entry, backend), args)
 
 
+@pytest.mark.parametrize("entry", ENTRIES)
 @pytest.mark.parametrize("backend,device", NETWORK_BACKEND_DEVICE)
-def test_gradcheck_fp64_without_some_biases_and_grads(backend, device):
+def test_gradcheck_fp64_without_some_biases_and_grads(backend, device, entry):
     require(backend, device)
     x, (w0, b0, w1, b1, w2, b2) = _away_from_kinks((3, 4, 5, 2), torch.Generator().manual_seed(4))
     # The input, the first weight and the second bias are constants: their gradients are not
     # asked for, which the backward op must handle.
     x, w0, b1 = x.to(device), w0.to(device), b1.to(device)
     wanted = [t.to(device).requires_grad_(True) for t in (b0, w1, w2, b2)]
+    network = _network_entry(entry, backend)
 
     def f(b0, w1, w2, b2):
-        return MLPFunction.apply(x, backend, w0, b0, w1, b1, w2, b2)
+        return network(x, w0, b0, w1, b1, w2, b2)
 
     assert torch.autograd.gradcheck(f, wanted)
 
 
-def test_double_backward_raises_clearly():
-    model = FusedMLP(3, 2, (4,), backend="cpu", dtype=torch.float64)
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+def test_double_backward_raises_clearly(backend):
+    require(backend, "cpu")
+    model = FusedMLP(3, 2, (4,), backend=backend, dtype=torch.float64)
     x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     (gx,) = torch.autograd.grad(model(x).sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+    with pytest.raises(RuntimeError, match="differentiate twice|does not require grad"):
         gx.sum().backward()
+
+
+def test_cpp_autograd_op_without_grad_and_in_inference_mode():
+    require("cpu", "cpu")
+    torch.manual_seed(0)
+    x = torch.randn(4, 3)
+    weights, biases = [torch.randn(5, 3), torch.randn(2, 5)], [torch.randn(5), torch.randn(2)]
+    expected = mlp_ops.mlp_fwd_torch(x, weights, biases)[0]
+    out = torch.ops.fusedmlp.mlp(x, weights, biases)
+    assert out.grad_fn is None
+    torch.testing.assert_close(out, expected)
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.ops.fusedmlp.mlp(x, weights, biases), expected)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "permuted"])
@@ -276,6 +306,10 @@ def test_opcheck(layout, bias):
     # Inputs without grad only: mlp_fwd is differentiated through MLPFunction, not at the
     # operator level (see fusedmlp/autograd/mlp.py); gradcheck covers MLPFunction.
     torch.library.opcheck(fwd, (x, weights, biases))
+    # The differentiable op, with its C++ autograd, with and without inputs that need grad.
+    grad_args = (x.detach().requires_grad_(), [w.detach().requires_grad_() for w in weights], biases)
+    torch.library.opcheck(torch.ops.fusedmlp.mlp, grad_args)
+    torch.library.opcheck(torch.ops.fusedmlp.mlp, (x, weights, biases))
     bias_flags = [True, False, True] if bias else []
     torch.library.opcheck(bwd, (g, x, weights, activations, True, [True, True, True], bias_flags))
     torch.library.opcheck(bwd, (g, x, weights, activations, False, [False, True, False], bias_flags[::-1]))

@@ -4,6 +4,8 @@
 // CPU kernel (at::cpu::addmm skips the dispatcher; the bias rides in the GEMM), then one
 // in-place ReLU pass. The backward runs every layer in one call as well: after each input-gradient GEMM, one
 // pass applies the previous layer's ReLU mask in place and reduces its bias gradient.
+// Networks whose widths are all narrow (fp32/fp64) skip the BLAS for cpu_small_gemm.h's
+// kernel, which costs nothing beyond its FMAs (a tiny layer's BLAS call is mostly overhead).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -14,6 +16,7 @@
 #include <torch/library.h>
 
 #include <fusedmlp/cpu_epilogues.h>
+#include <fusedmlp/cpu_small_gemm.h>
 #include <fusedmlp/mlp.h>
 
 namespace fusedmlp {
@@ -21,6 +24,59 @@ namespace {
 
 using cpu::add_bias_relu;
 using cpu::relu_mask_bias_grad;
+using cpu::SmallGemmArgs;
+
+// Whether every layer goes through the small GEMM: fp32/fp64 and every width narrow enough
+// for its row accumulator. Weights must be contiguous: the backward reads them as B.
+bool use_small_gemm(const at::Tensor& input, at::TensorList weights) {
+  const auto dtype = input.scalar_type();
+  if (dtype != at::kFloat && dtype != at::kDouble) return false;
+  if (input.size(1) > cpu::kSmallGemmMaxWidth) return false;
+  for (const at::Tensor& weight : weights) {
+    if (weight.size(0) > cpu::kSmallGemmMaxWidth || !weight.is_contiguous()) return false;
+  }
+  return true;
+}
+
+// x [M, K] (any strides) @ weight[N, K]^T + bias -> a new contiguous [M, N].
+template <typename T>
+at::Tensor small_linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
+  // The kernel wants B = weight^T row-major; the transpose of a narrow weight is a few
+  // thousand copies, less than one BLAS call's packing.
+  std::vector<T> weight_t(static_cast<size_t>(K * N));
+  const T* w = weight.const_data_ptr<T>();
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < K; ++k) weight_t[k * N + n] = w[n * K + k];
+  }
+  at::Tensor out = at::empty({M, N}, x.options());
+  const at::Tensor bias_c = bias.has_value() ? bias->contiguous() : at::Tensor();
+  cpu::small_gemm<T>(SmallGemmArgs{M, N, K, x.stride(0), x.stride(1)}, x.const_data_ptr<T>(), weight_t.data(),
+                     bias.has_value() ? bias_c.const_data_ptr<T>() : nullptr, out.mutable_data_ptr<T>());
+  return out;
+}
+
+// grad [M, N] (any strides)^T @ layer_input [M, K] -> grad_weight [N, K], summed over the
+// batch in order.
+template <typename T>
+at::Tensor small_weight_grad(const at::Tensor& grad, const at::Tensor& layer_input) {
+  const int64_t M = grad.size(0), N = grad.size(1), K = layer_input.size(1);
+  const at::Tensor input_c = layer_input.contiguous();
+  at::Tensor out = at::empty({N, K}, grad.options());
+  cpu::small_gemm<T>(SmallGemmArgs{N, K, M, grad.stride(1), grad.stride(0)}, grad.const_data_ptr<T>(),
+                     input_c.const_data_ptr<T>(), nullptr, out.mutable_data_ptr<T>());
+  return out;
+}
+
+// grad [M, N] (any strides) @ weight [N, K] (contiguous) -> [M, K].
+template <typename T>
+at::Tensor small_input_grad(const at::Tensor& grad, const at::Tensor& weight) {
+  const int64_t M = grad.size(0), N = grad.size(1), K = weight.size(1);
+  at::Tensor out = at::empty({M, K}, grad.options());
+  cpu::small_gemm<T>(SmallGemmArgs{M, K, N, grad.stride(0), grad.stride(1)}, grad.const_data_ptr<T>(),
+                     weight.const_data_ptr<T>(), nullptr, out.mutable_data_ptr<T>());
+  return out;
+}
 
 // Returns (output, activations): activations[i] is the ReLU output of hidden layer i, kept for
 // backward, where activation > 0 is also the ReLU mask (no pre-activation is stored).
@@ -32,12 +88,16 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> mlp_fwd_cpu(const at::Tensor& in
   std::vector<at::Tensor> activations;
   activations.reserve(layers - 1);
   at::Tensor hidden = input;
+  const bool small = use_small_gemm(input, weights);
   for (size_t i = 0; i < layers; ++i) {
     const bool relu = i + 1 < layers;
     std::optional<at::Tensor> bias;
     if (!biases.empty()) bias = biases[i];
     at::Tensor out;
-    if (bias.has_value()) {
+    if (small) {
+      AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "mlp_fwd_cpu", [&] { out = small_linear<scalar_t>(hidden, weights[i], bias); });
+      bias.reset();
+    } else if (bias.has_value()) {
       // The bias goes into the GEMM (beta = 1 on the bias rows), as torch's addmm does: one
       // rounding, and for half/bfloat16 that matters, since rounding the product before adding
       // the bias could flip the sign of a small pre-activation, and with it the ReLU mask.
@@ -95,12 +155,26 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_bwd
     });
   }
   at::Tensor grad_input = empty();
+  const bool small = use_small_gemm(input, weights);
   for (int64_t i = layers - 1; i >= 0; --i) {
     // Here `grad` is the gradient of layer i's pre-activation, its bias gradient is done.
     const at::Tensor& layer_input = i == 0 ? input : activations[i - 1];
-    if (weight_mask[i]) grad_weights[i] = at::cpu::mm(grad.t(), layer_input);
+    if (weight_mask[i]) {
+      if (small) {
+        AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "mlp_bwd_cpu",
+                                   [&] { grad_weights[i] = small_weight_grad<scalar_t>(grad, layer_input); });
+      } else {
+        grad_weights[i] = at::cpu::mm(grad.t(), layer_input);
+      }
+    }
     if (!wanted_below[i]) break;
-    at::Tensor grad_below = at::cpu::mm(grad, weights[i]);
+    at::Tensor grad_below;
+    if (small) {
+      AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "mlp_bwd_cpu",
+                                 [&] { grad_below = small_input_grad<scalar_t>(grad, weights[i]); });
+    } else {
+      grad_below = at::cpu::mm(grad, weights[i]);
+    }
     if (i == 0) {
       grad_input = std::move(grad_below);
       break;

@@ -3,6 +3,10 @@
 One forward op runs every layer and one backward op runs every layer's gradient, so a
 training step costs one autograd node for the network instead of one (or two) per layer.
 
+For backends whose kernels are C++ (``ops.CPP_AUTOGRAD_BACKENDS``) the same node exists in
+C++: ``torch.ops.fusedmlp.mlp`` (csrc/autograd/mlp.cpp), whose backward never enters Python.
+For a tiny network that is most of the step's time, so :func:`mlp` picks it there.
+
 Unlike the Linear+ReLU ops, ``torch.ops.fusedmlp.mlp_fwd`` has no operator-level autograd
 formula (``torch.library.register_autograd``): that formula is a Python kernel on the
 Autograd dispatch key, and it runs on every call of the op, even inside this Function's
@@ -39,6 +43,16 @@ def _backward(
         [g if wanted else None for g, wanted in zip(grad_weights, needs_weights)],
         [g if wanted else None for g, wanted in zip(grad_biases, needs_biases)],
     )
+
+
+def mlp(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Optional[Tensor]], backend: str) -> Tensor:
+    """The differentiable whole MLP for a 2-D input on a backend in ``ops.NETWORK_BACKENDS``:
+    the C++ autograd op where the kernels are C++, MLPFunction otherwise. `biases` holds one
+    tensor per weight, or Nones (``bias=False``)."""
+    if backend in ops.CPP_AUTOGRAD_BACKENDS:
+        return torch.ops.fusedmlp.mlp(input, weights, biases if biases[0] is not None else [])
+    params = [t for pair in zip(weights, biases) for t in pair]
+    return MLPFunction.apply(input, backend, *params)
 
 
 class MLPFunction(torch.autograd.Function):

@@ -7,7 +7,8 @@ parameter creation order and init (same seed, same weights), the state_dict keys
 ``layers.0.weight ... layers.4.bias``, ``model.layers[0]`` an ``nn.Linear``, and
 ``model.layers(x)`` still computing the network (unfused). ``FusedMLP.forward`` does not walk
 the Sequential: it reads the Linear slots' parameters and runs the whole network either as
-one registered op per direction (``MLPFunction``, on backends with a whole-network op) or
+one registered op per direction (``fusedmlp.autograd.mlp.mlp``: the C++ autograd op
+``torch.ops.fusedmlp.mlp`` or ``MLPFunction``, on backends with a whole-network op) or
 layer by layer with fused Linear+ReLU ops.
 """
 
@@ -20,7 +21,7 @@ from torch import Tensor, nn
 
 from fusedmlp import functional as F
 from fusedmlp._backend import check_backend_name, resolve_backend
-from fusedmlp.autograd.mlp import MLPFunction
+from fusedmlp.autograd.mlp import mlp
 from fusedmlp.nn.linear import FusedLinear
 from fusedmlp.ops.mlp import NETWORK_BACKENDS
 
@@ -134,8 +135,7 @@ class FusedMLP(nn.Module):
         batched = input.dim() == 2
         hidden = input if batched else input.reshape(-1, self.num_inputs)
         if fused:
-            params = [t for linear in linears for t in (linear.weight, linear.bias)]
-            out = MLPFunction.apply(hidden, backend, *params)
+            out = mlp(hidden, [linear.weight for linear in linears], [linear.bias for linear in linears], backend)
         else:
             for linear in linears[:-1]:
                 hidden = F.linear_relu(hidden, linear.weight, linear.bias, backend=backend)

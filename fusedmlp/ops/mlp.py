@@ -2,6 +2,7 @@
 
 - ``torch.ops.fusedmlp.mlp_fwd`` / ``mlp_bwd``: C++ kernels (CPU dispatch key; a whole-network
   GPU kernel does not exist yet, so CUDA tensors go through the per-layer Linear+ReLU ops).
+- ``torch.ops.fusedmlp.mlp``: the differentiable forward (autograd in C++, backward = mlp_bwd).
 - ``mlp_*_torch``: the plain-PyTorch reference ("torch" backend), built from ATen ops.
 
 Both share one signature (see csrc/fusedmlp.cpp) and one fake.
@@ -18,6 +19,9 @@ from fusedmlp._backend import HAS_EXTENSION
 
 # Backends with a whole-network op; the others run FusedMLP layer by layer.
 NETWORK_BACKENDS = ("cpu", "torch")
+# Of those, the ones whose kernels are C++: their differentiable op ``torch.ops.fusedmlp.mlp``
+# has its autograd in C++ too (csrc/autograd/mlp.cpp); the others go through MLPFunction.
+CPP_AUTOGRAD_BACKENDS = ("cpu",)
 
 
 def _check_layer(i: int, input: Tensor, width: int, weight: Tensor, bias: Optional[Tensor]) -> None:
@@ -104,9 +108,14 @@ def _mlp_bwd_fake(
     return grad_input, grad_weights, grad_biases
 
 
+def _mlp_fake(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> Tensor:
+    return _mlp_fwd_fake(input, weights, biases)[0]
+
+
 if HAS_EXTENSION:
     torch.library.register_fake("fusedmlp::mlp_fwd")(_mlp_fwd_fake)
     torch.library.register_fake("fusedmlp::mlp_bwd")(_mlp_bwd_fake)
+    torch.library.register_fake("fusedmlp::mlp")(_mlp_fake)
 
 
 def mlp_fwd_torch(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
