@@ -49,6 +49,13 @@ TORCH_LIBRARY(fusedmlp, m) {
   m.def(
       "cross_entropy_fwd_inplace(Tensor(a!) logits, Tensor target, Tensor? weight, int ignore_index, "
       "float label_smoothing, Tensor? grad_scale) -> Tensor loss");
+  // The differentiable loss over [N, C] logits: cross_entropy_fwd plus the reduction
+  // ("none" | "mean" | "sum", as F.cross_entropy), with its autograd in C++
+  // (csrc/autograd/cross_entropy.cpp). fusedmlp.functional.cross_entropy calls it for the
+  // backends whose kernels are C++.
+  m.def(
+      "cross_entropy(Tensor logits, Tensor target, Tensor? weight, int ignore_index, float label_smoothing, "
+      "str reduction) -> Tensor");
 
   // Whole MLP: Linear, ReLU, ..., Linear (ReLU between layers, none after the last), one op
   // per direction. input [M, K0], weights[i] [K(i+1), K(i)], biases either one [K(i+1)] per

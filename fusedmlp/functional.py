@@ -12,6 +12,7 @@ from torch import Tensor
 from fusedmlp._backend import resolve_backend
 from fusedmlp.autograd.cross_entropy import REDUCTIONS, CrossEntropyFunction
 from fusedmlp.autograd.linear_relu import LinearReLUFunction
+from fusedmlp.ops.cross_entropy import CPP_AUTOGRAD_BACKENDS as CE_CPP_AUTOGRAD_BACKENDS
 from fusedmlp.ops.cross_entropy import check_targets_in_range
 
 __all__ = ["cross_entropy", "linear", "linear_relu"]
@@ -164,17 +165,21 @@ def cross_entropy(
                 "fusedmlp cross_entropy(inplace_backward=True) needs a contiguous (C) or (N, C) input to write the "
                 "gradient into"
             )
-    loss = CrossEntropyFunction.apply(
-        logits,
-        rows_target,
-        weight,
-        ignore_index,
-        label_smoothing,
-        reduction,
-        backend,
-        compute_grad,
-        inplace_backward,
-    )
+    if backend in CE_CPP_AUTOGRAD_BACKENDS and not inplace_backward:
+        # The same graph as CrossEntropyFunction, built in C++ (no Python on the way back).
+        loss = torch.ops.fusedmlp.cross_entropy(logits, rows_target, weight, ignore_index, label_smoothing, reduction)
+    else:
+        loss = CrossEntropyFunction.apply(
+            logits,
+            rows_target,
+            weight,
+            ignore_index,
+            label_smoothing,
+            reduction,
+            backend,
+            compute_grad,
+            inplace_backward,
+        )
     if probabilities:
         loss = loss.to(torch.promote_types(input.dtype, target.dtype))
     return loss.reshape(loss_shape) if reduction == "none" else loss

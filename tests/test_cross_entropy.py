@@ -329,6 +329,24 @@ def test_opcheck(backend, device):
         torch.library.opcheck(op, args)
         if not args[0].requires_grad and args[0].is_contiguous():
             torch.library.opcheck(inplace, (args[0].clone(), *args[1:6]))
+        if backend != "triton":  # the differentiable op with its C++ autograd (C++ kernels only)
+            for reduction in REDUCTIONS:
+                torch.library.opcheck(torch.ops.fusedmlp.cross_entropy, (*args[:5], reduction))
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKEND_DEVICE if p.values[0] in ("cpu", "cuda")])
+def test_cpp_autograd_op_inference_mode_and_bad_reduction(backend, device):
+    require(backend, device)
+    x = torch.randn(5, 4, device=device)
+    t = torch.tensor([0, 3, -100, 1, 2], device=device)
+    with torch.inference_mode():
+        for reduction in REDUCTIONS:
+            torch.testing.assert_close(
+                torch.ops.fusedmlp.cross_entropy(x, t, None, -100, 0.0, reduction),
+                F.cross_entropy(x, t, reduction=reduction),
+            )
+    with pytest.raises(ValueError, match="is not a valid value for reduction"):
+        torch.ops.fusedmlp.cross_entropy(x, t, None, -100, 0.0, "avg")
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICE)

@@ -1,6 +1,8 @@
 """Softmax-cross-entropy as registered operators, one per backend, and the dispatch among them.
 
 - ``torch.ops.fusedmlp.cross_entropy_fwd`` / ``cross_entropy_fwd_inplace``: C++ kernels (CPU, CUDA).
+- ``torch.ops.fusedmlp.cross_entropy``: the differentiable, reduced loss around
+  ``cross_entropy_fwd`` (autograd in C++).
 - ``torch.ops.fusedmlp.cross_entropy_fwd_triton`` / ``cross_entropy_fwd_inplace_triton``: Triton.
 - ``cross_entropy_fwd_torch``: the plain-PyTorch reference, built from ATen ops.
 
@@ -118,9 +120,27 @@ def _cross_entropy_fwd_inplace_fake(
     return logits.new_empty((logits.shape[0],), dtype=acc_dtype(logits.dtype))
 
 
+def _cross_entropy_fake(
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    ignore_index: int,
+    label_smoothing: float,
+    reduction: str,
+) -> Tensor:
+    check_cross_entropy_args(logits, target, weight, None, label_smoothing)
+    torch._check(reduction in ("none", "mean", "sum"), lambda: f"{reduction} is not a valid value for reduction")
+    return logits.new_empty((logits.shape[0],) if reduction == "none" else ())
+
+
 if HAS_EXTENSION:
     torch.library.register_fake("fusedmlp::cross_entropy_fwd")(_cross_entropy_fwd_fake)
     torch.library.register_fake("fusedmlp::cross_entropy_fwd_inplace")(_cross_entropy_fwd_inplace_fake)
+    torch.library.register_fake("fusedmlp::cross_entropy")(_cross_entropy_fake)
+
+# Backends whose kernels are C++: their differentiable op ``torch.ops.fusedmlp.cross_entropy``
+# has its reduction and autograd in C++ (csrc/autograd/cross_entropy.cpp).
+CPP_AUTOGRAD_BACKENDS = ("cpu", "cuda")
 
 
 if HAS_TRITON:

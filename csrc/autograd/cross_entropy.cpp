@@ -1,0 +1,169 @@
+// The differentiable softmax-cross-entropy op `fusedmlp::cross_entropy` over [N, C] logits:
+// the reduction and the "mean" denominator around cross_entropy_fwd, with autograd in C++.
+//
+// Why C++: with a small batch the kernel is a few microseconds, and the same graph built from
+// Python (a torch.autograd.Function, the denominator's three ATen calls, the reduction, a
+// Python backward node) costs ten times that. This is fusedmlp/autograd/cross_entropy.py's
+// CrossEntropyFunction (same saved tensor, same backward) for the backends whose kernels are
+// C++; the opt-in in-place mode stays there.
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/basic_ops.h>
+#include <torch/library.h>
+
+#include <fusedmlp/cross_entropy.h>
+
+namespace fusedmlp {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+enum class Reduction : int64_t { None = 0, Mean = 1, Sum = 2 };
+
+Reduction parse_reduction(c10::string_view reduction) {
+  if (reduction == "none") return Reduction::None;
+  if (reduction == "mean") return Reduction::Mean;
+  if (reduction == "sum") return Reduction::Sum;
+  TORCH_CHECK_VALUE(false, reduction, " is not a valid value for reduction");
+}
+
+using CrossEntropyFwdSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                   const std::optional<at::Tensor>&, int64_t, double,
+                                                                   const std::optional<at::Tensor>&, bool);
+
+std::tuple<at::Tensor, at::Tensor> call_cross_entropy_fwd(const at::Tensor& logits, const at::Tensor& target,
+                                                          const std::optional<at::Tensor>& weight,
+                                                          int64_t ignore_index, double label_smoothing,
+                                                          const std::optional<at::Tensor>& grad_scale,
+                                                          bool compute_grad) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fusedmlp::cross_entropy_fwd", "")
+                             .typed<CrossEntropyFwdSignature>();
+  return op.call(logits, target, weight, ignore_index, label_smoothing, grad_scale, compute_grad);
+}
+
+// t in `dtype`, without calling Tensor::to when it already is: below autograd `to` is a
+// dispatcher op that returns its input, which torch's schema checks (opcheck) reject.
+at::Tensor as_dtype(const at::Tensor& t, at::ScalarType dtype) {
+  return t.scalar_type() == dtype ? t : t.to(dtype);
+}
+
+// torch's "mean" denominator, on the device (no host sync): the summed weight of the targets
+// that are not ignored for class indices; the number of rows for probabilities (0 when the
+// input is empty, so that the mean is NaN as in torch).
+at::Tensor mean_denominator(const at::Tensor& target, const std::optional<at::Tensor>& weight, int64_t ignore_index,
+                            int64_t num_classes, at::ScalarType acc) {
+  const auto options = target.options().dtype(acc);
+  if (target.dim() == 2) {
+    return at::full({}, target.size(1) > 0 ? target.size(0) : 0, options);
+  }
+  const at::Tensor valid = target.ne(ignore_index);
+  if (!weight.has_value()) return valid.sum(acc);
+  // The clamp only keeps the gather in bounds: out-of-range targets are rejected (CPU) or
+  // validated on request (GPU) before this point.
+  const at::Tensor weight_of_target =
+      as_dtype(*weight, acc).gather(0, target.clamp(0, std::max<int64_t>(num_classes - 1, 0)));
+  return at::where(valid, weight_of_target, at::zeros({}, options)).sum();
+}
+
+// Whether grad_output is a real (not fake or functionalized) CPU scalar equal to 1, as from
+// loss.backward(): then the saved gradient is the answer as it is. Reading a CPU value is no
+// device sync; under tracing the multiply is kept.
+bool is_plain_cpu_one(const at::Tensor& grad_output) {
+  constexpr auto traced = c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::Functionalize});
+  return grad_output.is_cpu() && grad_output.dim() == 0 && !grad_output.key_set().has_any(traced) &&
+         grad_output.item<double>() == 1.0;
+}
+
+struct CrossEntropyAutogradFunction : public torch::autograd::Function<CrossEntropyAutogradFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& target,
+                            const std::optional<at::Tensor>& weight, int64_t ignore_index, double label_smoothing,
+                            Reduction reduction, bool compute_grad) {
+    // Checked before the denominator reads the targets and weights, so bad input gets the
+    // kernel's messages (and nothing runs).
+    check_cross_entropy_args(logits, target, weight, std::nullopt, label_smoothing);
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const at::ScalarType acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    std::optional<at::Tensor> denominator, grad_scale;
+    if (reduction == Reduction::Mean) {
+      denominator = mean_denominator(target, weight, ignore_index, logits.size(1), acc);
+      grad_scale = denominator->reciprocal().reshape({1});
+    }
+    auto [loss_rows, grad] =
+        call_cross_entropy_fwd(logits, target, weight, ignore_index, label_smoothing, grad_scale, compute_grad);
+    at::Tensor loss = reduction == Reduction::None  ? loss_rows
+                      : reduction == Reduction::Sum ? loss_rows.sum()
+                                                    : loss_rows.sum().div_(*denominator);
+    ctx->saved_data["reduction"] = static_cast<int64_t>(reduction);
+    if (compute_grad) ctx->save_for_backward({grad});
+    return as_dtype(loss, logits.scalar_type());
+  }
+
+  // Gradients in forward's argument order; only the logits get one.
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const variable_list saved = ctx->get_saved_variables();
+    TORCH_CHECK(!saved.empty(),
+                "fusedmlp::cross_entropy: the forward ran without computing the logits gradient (grad mode was off "
+                "or the logits did not require grad)");
+    const at::Tensor& grad = saved[0];
+    const at::Tensor& grad_output = grad_outputs[0];
+    at::Tensor grad_logits;
+    if (is_plain_cpu_one(grad_output)) {
+      // Autograd never writes into incoming gradients, and AccumulateGrad copies a gradient
+      // that is still saved here (retain_graph=True) instead of adopting it.
+      grad_logits = grad;
+    } else {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      const at::Tensor scale = as_dtype(grad_output, grad.scalar_type());
+      const bool per_row = ctx->saved_data["reduction"].toInt() == static_cast<int64_t>(Reduction::None);
+      grad_logits = grad * (per_row ? scale.unsqueeze(1) : scale.reshape({}));
+    }
+    variable_list grads(7);
+    grads[0] = std::move(grad_logits);
+    if (at::GradMode::is_enabled()) {
+      // No double backward: as with Python's @once_differentiable, differentiating through
+      // this gradient raises instead of treating it as a constant.
+      grads[0] = grads[0].detach().requires_grad_(true);
+      torch::autograd::DelayedError error(
+          "fusedmlp::cross_entropy: trying to differentiate twice; the fused cross-entropy has no double backward", 1);
+      grads[0] = error.apply({grads[0]})[0];
+    }
+    return grads;
+  }
+};
+
+at::Tensor cross_entropy_autograd(const at::Tensor& logits, const at::Tensor& target,
+                                  const std::optional<at::Tensor>& weight, int64_t ignore_index,
+                                  double label_smoothing, c10::string_view reduction) {
+  const bool compute_grad = at::GradMode::is_enabled() && logits.requires_grad();
+  return CrossEntropyAutogradFunction::apply(logits, target, weight, ignore_index, label_smoothing,
+                                             parse_reduction(reduction), compute_grad);
+}
+
+// Below autograd (inference mode, or tensors that reach the op without autograd): the loss only.
+at::Tensor cross_entropy_forward_only(const at::Tensor& logits, const at::Tensor& target,
+                                      const std::optional<at::Tensor>& weight, int64_t ignore_index,
+                                      double label_smoothing, c10::string_view reduction) {
+  const Reduction r = parse_reduction(reduction);
+  check_cross_entropy_args(logits, target, weight, std::nullopt, label_smoothing);
+  const at::ScalarType acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  at::Tensor loss_rows =
+      std::get<0>(call_cross_entropy_fwd(logits, target, weight, ignore_index, label_smoothing, std::nullopt, false));
+  at::Tensor loss = r == Reduction::None ? loss_rows
+                    : r == Reduction::Sum
+                        ? loss_rows.sum()
+                        : loss_rows.sum().div_(mean_denominator(target, weight, ignore_index, logits.size(1), acc));
+  return as_dtype(loss, logits.scalar_type());
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fusedmlp, Autograd, m) { m.impl("cross_entropy", &cross_entropy_autograd); }
+
+TORCH_LIBRARY_IMPL(fusedmlp, CompositeExplicitAutograd, m) {
+  m.impl("cross_entropy", &cross_entropy_forward_only);
+}
+
+}  // namespace fusedmlp
