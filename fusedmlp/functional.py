@@ -84,6 +84,9 @@ def _cross_entropy_rows(input: Tensor, target: Tensor) -> tuple[Tensor, Tensor, 
         input = input.movedim(1, -1)
         if probabilities:
             target = target.movedim(1, -1)
+    if input.dim() == 2 and target.dim() == (2 if probabilities else 1):
+        # Already rows: a reshape would only add a view node to the autograd graph.
+        return input, target, loss_shape, probabilities
     rows = math.prod(loss_shape)
     logits = input.reshape(rows, num_classes)
     target = target.reshape(rows, num_classes) if probabilities else target.reshape(rows)

@@ -284,6 +284,44 @@ def test_loading_a_torch_checkpoint_keeps_the_fused_path(monkeypatch):
     assert opt._step_supports_amp_scaling
 
 
+def test_step_hooks_profiler_range_and_zero_grad_match_torch():
+    # FusedSGD skips torch.optim's step wrapper when it has nothing to do; with hooks or a
+    # profiler it must behave exactly as torch.optim.SGD.
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    params = make_params("cpu", torch.float32)
+    for p in params:
+        p.grad = torch.ones_like(p)
+    seen = []
+    for opt in (torch.optim.SGD(clone_params(params), lr=0.1), fusedmlp.FusedSGD(params, lr=0.1)):
+        name = type(opt).__name__
+        handles = [
+            opt.register_step_pre_hook(lambda o, args, kwargs, n=name: seen.append((n, "pre", len(args)))),
+            opt.register_step_post_hook(lambda o, args, kwargs, n=name: seen.append((n, "post", len(args)))),
+            register_optimizer_step_pre_hook(lambda o, args, kwargs, n=name: seen.append((n, "global pre"))),
+            register_optimizer_step_post_hook(lambda o, args, kwargs, n=name: seen.append((n, "global post"))),
+        ]
+        for p in opt.param_groups[0]["params"]:
+            p.grad = torch.ones_like(p)
+        opt.step()
+        for h in handles:
+            h.remove()
+        opt.step()  # no hooks left: nothing recorded
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            opt.step()
+            opt.zero_grad()
+        names = {e.name for e in prof.events()}
+        assert f"Optimizer.step#{name}.step" in names and f"Optimizer.zero_grad#{name}.zero_grad" in names
+        assert all(p.grad is None for p in opt.param_groups[0]["params"])
+        for p in opt.param_groups[0]["params"]:
+            p.grad = torch.ones_like(p)
+        opt.zero_grad(set_to_none=False)
+        assert all(p.grad is not None and not p.grad.any() for p in opt.param_groups[0]["params"])
+    order = [(e[1:]) for e in seen]
+    assert order[: len(order) // 2] == order[len(order) // 2 :]  # the same hooks, in the same order
+    assert [e[0] for e in seen] == ["SGD"] * 4 + ["FusedSGD"] * 4
+
+
 # ---------------------------------------------------------------------------------------
 # GradScaler
 

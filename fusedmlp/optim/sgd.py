@@ -6,12 +6,26 @@ from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
-from torch.optim.optimizer import Optimizer, ParamsT
+from torch.optim.optimizer import (
+    Optimizer,
+    ParamsT,
+    _global_optimizer_post_hooks,
+    _global_optimizer_pre_hooks,
+)
 
 from fusedmlp._backend import check_backend_name, resolve_backend
 from fusedmlp.ops import sgd as sgd_ops
 
 __all__ = ["FusedSGD"]
+
+
+def _step_wrapper_needed() -> bool:
+    """Whether torch.optim's step wrapper has work: global step hooks, or a profiler running."""
+    return bool(_global_optimizer_pre_hooks or _global_optimizer_post_hooks) or torch.autograd._profiler_enabled()
+
+
+# torch's own step wrapper (profiler range, step hooks) around FusedSGD._step.
+_hooked_step = Optimizer.profile_hook_step(lambda self, closure=None: self._step(closure))
 
 # Group keys torch.optim.SGD writes. FusedSGD stores torch's defaults for the ones that pick
 # torch's implementation, so a FusedSGD checkpoint loads into torch.optim.SGD as a default
@@ -121,7 +135,6 @@ class FusedSGD(Optimizer):
             backend = self._resolved_backends[device] = resolve_backend(self.backend, device)
         return backend
 
-    @torch.no_grad()
     def step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
         """Performs a single optimization step.
 
@@ -129,6 +142,28 @@ class FusedSGD(Optimizer):
             closure (Callable, optional): A closure that reevaluates the model
                 and returns the loss.
         """
+        # torch.optim.Optimizer wraps every subclass's step in a profiler range and a walk over
+        # the step hooks; for a tiny model that wrapper costs more than the fused update.
+        # Here it runs only when there is something for it to do, with torch's own wrapper.
+        if self._optimizer_step_pre_hooks or self._optimizer_step_post_hooks or _step_wrapper_needed():
+            # The hooks see the arguments as step() got them, as with torch's wrapper.
+            return _hooked_step(self) if closure is None else _hooked_step(self, closure)
+        return self._step(closure)
+
+    step.hooked = True  # keeps Optimizer._patch_step_function from wrapping it unconditionally
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        r"""Reset the gradients of all optimized :class:`torch.Tensor` s (as
+        :meth:`torch.optim.Optimizer.zero_grad`; ``set_to_none=True`` skips its profiler range
+        when no profiler runs)."""
+        if not set_to_none or torch.autograd._profiler_enabled():
+            return super().zero_grad(set_to_none)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    @torch.no_grad()
+    def _step(self, closure: Optional[Callable[[], float]] = None) -> Optional[float]:
         loss = None
         if closure is not None:
             with torch.enable_grad():
