@@ -25,18 +25,72 @@ from fusedmlp.bench.timing import time_providers
 
 SGD_ARGS = dict(lr=0.01, momentum=0.9)
 
-CASES = [  # (name, widths, batch)
+CASES = [  # (name, widths, batch): one CPU thread
     ("tiny 50-30-20-3 b32", (50, 30, 20, 3), 32),
     ("tiny 2-30-20-2 b2", (2, 30, 20, 2), 2),
     ("medium 784-1024-1024-10 b256", (784, 1024, 1024, 10), 256),
 ]
 
+# On a GPU the narrow networks run at the batches where a whole-network kernel pays (issue 7:
+# 2^14 to 2^20 rows). Quick mode: one batch per network, spanning that range (each case costs
+# a torch.compile).
+_GPU_NARROW = [("2-30-20-2", (2, 30, 20, 2)), ("50-30-20-3", (50, 30, 20, 3)), ("64x4", (64, 64, 64, 64, 64))]
+GPU_CASES_QUICK = [
+    (f"{name} b{batch}", widths, batch) for (name, widths), batch in zip(_GPU_NARROW, (2**14, 2**17, 2**20))
+]
+GPU_CASES_FULL = [
+    *[(f"{name} b{batch}", widths, batch) for batch in (2**14, 2**17, 2**20) for name, widths in _GPU_NARROW],
+    ("medium 784-1024-1024-10 b256", (784, 1024, 1024, 10), 256),
+    ("wide 4x4096 b4096", (4096, 4096, 4096, 4096, 4096), 4096),
+]
+
+EAGER_GRAPH = "eager CUDA graph"
+
+
+def cases(device: torch.device, quick: bool) -> list[tuple[str, tuple[int, ...], int]]:
+    if device.type == "cuda":
+        return GPU_CASES_QUICK if quick else GPU_CASES_FULL
+    return CASES
+
 
 def providers(device: torch.device) -> list[str]:
     names = ["eager", "torch.compile"]
+    if device.type == "cuda":
+        # Eager with its launches recorded once and replayed: what launch overhead costs.
+        names.append(EAGER_GRAPH)
     for backend in fused_backends(device):
         names += [f"fusedmlp:{backend}", f"fusedmlp:{backend} layers"]
     return names
+
+
+def _cuda_graphed(
+    step: Callable[[], torch.Tensor], model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
+) -> Callable[[], torch.Tensor]:
+    """`step` (zero_grad, forward, backward, optimizer step) captured into one CUDA graph, as
+    in PyTorch's whole-network capture recipe: warm up on a side stream (so the optimizer's
+    state exists), capture, then every call is one replay. The warm-up's updates are undone
+    (parameters restored, momentum buffers zeroed, which with dampening 0 gives the same next
+    update as a fresh buffer), so the graph trains from the same start as every provider."""
+    start = [p.detach().clone() for p in model.parameters()]
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = step()
+    with torch.no_grad():
+        for p, p0 in zip(model.parameters(), start):
+            p.copy_(p0)
+            optimizer.state[p]["momentum_buffer"].zero_()
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return static_loss
+
+    return replay
 
 
 def _sequential(widths):
@@ -90,6 +144,8 @@ def make_step(
         optimizer.step()
         return loss
 
+    if provider == EAGER_GRAPH:
+        return _cuda_graphed(step, model, optimizer, torch.device(device)), model
     return step, model
 
 
@@ -112,7 +168,7 @@ def run_mlp_bench(quick: bool = True, device: str | torch.device = "cpu") -> lis
     device = torch.device(device)
     names = providers(device)
     rows = []
-    for name, widths, batch in CASES:
+    for name, widths, batch in cases(device, quick):
         _check_agreement(widths, batch, names, device)
         steps = {provider: make_step(provider, widths, batch, device)[0] for provider in names}
         times = time_providers(steps, device, rounds=9 if quick else 21)

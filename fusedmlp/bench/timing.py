@@ -18,6 +18,20 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# Bigger than any GPU's L2 (H100/H200: 50-60 MB): writing it evicts what the previous call left.
+_L2_FLUSH_BYTES = 256 * 2**20
+_l2_flush_buffers: dict[torch.device, torch.Tensor] = {}
+
+
+def _flush_l2(device: torch.device) -> None:
+    """Evict the GPU's L2 so that each timed call starts cold, as triton.testing.do_bench
+    does (otherwise a call whose inputs fit in L2 would be timed from cache)."""
+    buffer = _l2_flush_buffers.get(device)
+    if buffer is None:
+        buffer = _l2_flush_buffers[device] = torch.empty(_L2_FLUSH_BYTES, dtype=torch.uint8, device=device)
+    buffer.zero_()
+
+
 def time_providers(
     providers: dict[str, Callable[[], object]],
     device: torch.device | str = "cpu",
@@ -29,8 +43,10 @@ def time_providers(
     """Median, p20 and p80 of one call's time (ms) for each provider.
 
     Each round calls every provider `inner` times in a row (inner chosen during warm-up so a
-    round lasts about `target_round_s`), timing the batch with CUDA events on a GPU and
-    perf_counter on CPU, so microsecond-scale calls are measured above timer resolution.
+    round lasts about `target_round_s`). On CPU the batch is timed with perf_counter, so
+    microsecond-scale calls are measured above timer resolution. On a GPU every call is timed
+    alone with CUDA events after an L2 flush (cold cache, as triton.testing.do_bench); for
+    calls so short that launch overhead is the story, the benchmarks add a CUDA-graph provider.
     """
     device = torch.device(device)
     inner: dict[str, int] = {}
@@ -51,13 +67,17 @@ def time_providers(
         for name, fn in providers.items():
             n = inner[name]
             if device.type == "cuda":
-                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                begin.record()
+                # Each call timed alone between CUDA events after an L2 flush (not timed).
+                events = []
                 for _ in range(n):
+                    _flush_l2(device)
+                    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    begin.record()
                     fn()
-                end.record()
-                end.synchronize()
-                samples[name].append(begin.elapsed_time(end) / n)
+                    end.record()
+                    events.append((begin, end))
+                events[-1][1].synchronize()
+                samples[name].append(sum(b.elapsed_time(e) for b, e in events) / n)
             else:
                 start = time.perf_counter()
                 for _ in range(n):
