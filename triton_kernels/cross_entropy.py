@@ -10,13 +10,16 @@ The coefficients a_j, A and the loss are those of csrc/cpu/cross_entropy.cpp. Th
 goes to a separate buffer, or over the logits only when the caller passes the logits
 themselves as `grad` (the opt-in in-place op). Loads upcast to float32 (float64 for float64).
 
-Very wide rows are not split across programs: a row is one program's loop, so a batch
-with few rows and a huge vocabulary uses few SMs (documented limitation).
+A batch with few, very wide rows (fewer rows than about four programs per SM, at least
+SPLIT_MIN_COLUMNS classes) splits each row into column ranges, one program each, in three
+launches: per-range stats, then the gradient of each range from the combined stats, then
+the loss (see _cross_entropy_split); partial results are combined in a fixed order.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from typing import Optional
 
@@ -29,6 +32,161 @@ __all__ = ["cross_entropy_fwd_triton", "KERNELS", "SUPPORTED_DTYPES", "aot_compi
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@triton.jit
+def _row_stats(
+    x_row,
+    stride_xc,
+    q_row,
+    stride_tc,
+    weight_ptr,
+    stride_w,
+    col_begin,
+    col_end,
+    keep,
+    eps_per_class,
+    PROB_TARGET: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Pass 1 over columns [col_begin, col_end) of one row: (m, s, coef) with m the max, s the
+    sum of exp(x - m) and coef the sum of the coefficients a_j needed before any gradient
+    element can be written (A for probabilities, the weight sum for smoothing)."""
+    cols0 = tl.arange(0, BLOCK_C)
+    # Online max / sum-exp per lane.
+    m_vec = tl.full((BLOCK_C,), float("-inf"), ACC_DTYPE)
+    s_vec = tl.zeros((BLOCK_C,), ACC_DTYPE)
+    coef_vec = tl.zeros((BLOCK_C,), ACC_DTYPE)
+    for start in range(col_begin, col_end, BLOCK_C):
+        cols = start + cols0
+        mask = cols < col_end
+        x = tl.load(x_row + cols * stride_xc, mask=mask, other=float("-inf")).to(ACC_DTYPE)
+        m_new = tl.maximum(m_vec, x)
+        alpha = tl.where(m_vec == m_new, 1.0, tl.exp(m_vec - m_new))
+        # x == -inf adds exactly 0 (also when m_new is -inf); NaN x makes s NaN.
+        s_vec = s_vec * alpha + tl.where(x == float("-inf"), 0.0, tl.exp(x - m_new))
+        m_vec = m_new
+        if HAS_WEIGHT:
+            w = tl.load(weight_ptr + cols * stride_w, mask=mask, other=0.0).to(ACC_DTYPE)
+        else:
+            w = tl.where(mask, 1.0, 0.0).to(ACC_DTYPE)
+        if PROB_TARGET:
+            q = tl.load(q_row + cols * stride_tc, mask=mask, other=0.0).to(ACC_DTYPE)
+            coef_vec += w * (keep * q + eps_per_class)
+        elif SMOOTH:
+            coef_vec += w
+    m = tl.max(m_vec, axis=0)
+    s = tl.sum(s_vec * tl.where(m_vec == m, 1.0, tl.exp(m_vec - m)), axis=0)
+    return m, s, tl.sum(coef_vec, axis=0)
+
+
+@triton.jit
+def _row_grad(
+    x_row,
+    stride_xc,
+    q_row,
+    stride_tc,
+    weight_ptr,
+    stride_w,
+    g_row,
+    stride_gc,
+    col_begin,
+    col_end,
+    m,
+    c1,
+    scale,
+    t,
+    valid,
+    keep_t,
+    keep,
+    eps_per_class,
+    PROB_TARGET: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Pass 2 over columns [col_begin, col_end): writes grad_j = e_j * c1 - a_j * scale (when
+    WRITE_GRAD) and returns sum_j a_j (x_j - m) over those columns, for the loss."""
+    cols0 = tl.arange(0, BLOCK_C)
+    dot_vec = tl.zeros((BLOCK_C,), ACC_DTYPE)
+    if WRITE_GRAD or PROB_TARGET or SMOOTH:
+        for start in range(col_begin, col_end, BLOCK_C):
+            cols = start + cols0
+            mask = cols < col_end
+            x = tl.load(x_row + cols * stride_xc, mask=mask, other=0.0).to(ACC_DTYPE)
+            if HAS_WEIGHT:
+                w = tl.load(weight_ptr + cols * stride_w, mask=mask, other=0.0).to(ACC_DTYPE)
+            else:
+                w = tl.where(mask, 1.0, 0.0).to(ACC_DTYPE)
+            if PROB_TARGET:
+                q = tl.load(q_row + cols * stride_tc, mask=mask, other=0.0).to(ACC_DTYPE)
+                a = w * (keep * q + eps_per_class)
+                dot_vec += tl.where(mask, a * (x - m), 0.0)
+            elif SMOOTH:
+                dot_vec += tl.where(mask, w * (x - m), 0.0)
+                a = tl.where(valid, eps_per_class * w, 0.0) + tl.where(cols == t, keep_t, 0.0)
+            else:
+                a = tl.where(cols == t, keep_t, 0.0)
+            if WRITE_GRAD:
+                e = tl.where(x == float("-inf"), 0.0, tl.exp(x - m))
+                if PROB_TARGET:
+                    g = e * c1 - a * scale
+                else:  # scale is inf when every target is ignored ("mean"): keep it off ignored rows
+                    g = tl.where(valid, e * c1 - a * scale, e * c1)
+                tl.store(g_row + cols * stride_gc, g.to(g_row.dtype.element_ty), mask=mask)
+    return tl.sum(dot_vec, axis=0)
+
+
+@triton.jit
+def _row_target(target_row, weight_ptr, stride_w, ignore_index, C, HAS_WEIGHT: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """(t, valid, t_safe, w_t) for a class-index target: t_safe is an in-bounds column to read."""
+    t = tl.load(target_row)
+    valid = t != ignore_index
+    t_safe = tl.where(valid & (t >= 0) & (t < C), t, 0)
+    if HAS_WEIGHT:
+        w_t = tl.load(weight_ptr + t_safe * stride_w).to(ACC_DTYPE)
+    else:
+        w_t = tl.full((), 1.0, ACC_DTYPE)
+    return t, valid, t_safe, w_t
+
+
+@triton.jit
+def _row_coefficients(s, coef, scale, valid, w_t, keep, eps_per_class, PROB_TARGET: tl.constexpr, SMOOTH: tl.constexpr):
+    """(A, c1, keep_t): A = sum_j a_j, the gradient's softmax factor c1 = A * scale / s, and the
+    target's own coefficient keep_t (class indices)."""
+    if PROB_TARGET:
+        A = coef
+        c1 = A * scale / s
+        keep_t = keep
+    else:
+        A = keep * w_t
+        if SMOOTH:
+            A += eps_per_class * coef
+        # Ignored rows: a zero gradient that is NaN where the softmax is (as torch's).
+        c1 = tl.where(valid, A * scale / s, 0.0 / s)
+        keep_t = tl.where(valid, keep * w_t, 0.0)
+    return A, c1, keep_t
+
+
+@triton.jit
+def _row_loss(
+    A, log_s, dot, x_t_minus_m, valid, w_t, keep, coef, eps_per_class, PROB_TARGET: tl.constexpr, SMOOTH: tl.constexpr
+):
+    if PROB_TARGET:
+        loss = A * log_s - dot
+    else:
+        nll = log_s - x_t_minus_m
+        if SMOOTH:
+            loss = keep * w_t * nll + eps_per_class * (coef * log_s - dot)
+        else:
+            loss = w_t * nll
+        loss = tl.where(valid, loss, 0.0)
+    return loss
 
 
 @triton.jit
@@ -57,6 +215,9 @@ def _cross_entropy_fwd_kernel(
     ACC_DTYPE: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
+    # One program per row. The split kernels below compute the same with the passes factored
+    # into the _row_* helpers; this kernel keeps them inline, because the same helpers here
+    # tip ptxas's sm_90 register heuristics into spilling (80 registers) in two variants.
     row = tl.program_id(0).to(tl.int64)
     x_row = logits_ptr + row * stride_xr
     cols0 = tl.arange(0, BLOCK_C)
@@ -152,7 +313,175 @@ def _cross_entropy_fwd_kernel(
     tl.store(loss_ptr + row, loss)
 
 
-KERNELS = {"_cross_entropy_fwd_kernel": _cross_entropy_fwd_kernel}
+# Rows too wide for one program when the batch is small (e.g. 8 rows x 128k classes would use
+# 8 SMs): each row is split into column ranges of SPLIT_C, one program each, in three launches
+# whose per-row partial results are combined in a fixed order (deterministic):
+#   stats: (m_k, s_k, coef_k) per range, and x_t read before any gradient is written;
+#   grad:  combine the row's stats, write the range's gradient, keep its partial dot product;
+#   loss:  combine once more and write the row's loss.
+# stats [N, S, 3], dots [N, S], xt [N] are float32 (float64 for float64) workspaces.
+
+
+@triton.jit
+def _combine_stats(stats_row, num_splits, MAX_SPLITS: tl.constexpr, ACC_DTYPE: tl.constexpr):
+    """(m, s, coef) of a whole row from its ranges' partials."""
+    k = tl.arange(0, MAX_SPLITS)
+    mask = k < num_splits
+    m_k = tl.load(stats_row + k * 3, mask=mask, other=float("-inf"))
+    s_k = tl.load(stats_row + k * 3 + 1, mask=mask, other=0.0)
+    coef = tl.sum(tl.load(stats_row + k * 3 + 2, mask=mask, other=0.0), axis=0)
+    m = tl.max(m_k, axis=0)
+    s = tl.sum(s_k * tl.where(m_k == m, 1.0, tl.exp(m_k - m)), axis=0)
+    return m.to(ACC_DTYPE), s.to(ACC_DTYPE), coef.to(ACC_DTYPE)
+
+
+@triton.jit
+def _cross_entropy_split_stats_kernel(
+    logits_ptr,
+    stride_xr,
+    stride_xc,
+    target_ptr,
+    stride_tr,
+    stride_tc,
+    weight_ptr,
+    stride_w,
+    stats_ptr,
+    xt_ptr,
+    C,
+    ignore_index,
+    smoothing,
+    split_c,
+    num_splits,
+    PROB_TARGET: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1).to(tl.int64)
+    x_row = logits_ptr + row * stride_xr
+    q_row = target_ptr + row * stride_tr
+    eps = tl.cast(smoothing, ACC_DTYPE)
+    eps_per_class = eps / C
+    keep = 1.0 - eps
+    col_begin = split * split_c
+    col_end = tl.minimum(col_begin + split_c, C)
+    m, s, coef = _row_stats(
+        x_row, stride_xc, q_row, stride_tc, weight_ptr, stride_w, col_begin, col_end, keep, eps_per_class,
+        PROB_TARGET, HAS_WEIGHT, SMOOTH, ACC_DTYPE, BLOCK_C,
+    )  # fmt: skip
+    out = stats_ptr + (row * num_splits + split) * 3
+    tl.store(out, m)
+    tl.store(out + 1, s)
+    tl.store(out + 2, coef)
+    if not PROB_TARGET:
+        t, valid, t_safe, w_t = _row_target(q_row, weight_ptr, stride_w, ignore_index, C, HAS_WEIGHT, ACC_DTYPE)
+        if (t_safe >= col_begin) & (t_safe < col_end):
+            tl.store(xt_ptr + row, tl.load(x_row + t_safe * stride_xc).to(ACC_DTYPE))
+
+
+@triton.jit
+def _cross_entropy_split_grad_kernel(
+    logits_ptr,
+    stride_xr,
+    stride_xc,
+    target_ptr,
+    stride_tr,
+    stride_tc,
+    weight_ptr,
+    stride_w,
+    grad_scale_ptr,
+    grad_ptr,
+    stride_gr,
+    stride_gc,
+    stats_ptr,
+    dots_ptr,
+    C,
+    ignore_index,
+    smoothing,
+    split_c,
+    num_splits,
+    PROB_TARGET: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    MAX_SPLITS: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1).to(tl.int64)
+    x_row = logits_ptr + row * stride_xr
+    q_row = target_ptr + row * stride_tr
+    eps = tl.cast(smoothing, ACC_DTYPE)
+    eps_per_class = eps / C
+    keep = 1.0 - eps
+    col_begin = split * split_c
+    col_end = tl.minimum(col_begin + split_c, C)
+    m, s, coef = _combine_stats(stats_ptr + row * num_splits * 3, num_splits, MAX_SPLITS, ACC_DTYPE)
+    scale = tl.load(grad_scale_ptr).to(ACC_DTYPE) if HAS_SCALE else 1.0
+    t = 0
+    valid = True
+    w_t = 1.0
+    if not PROB_TARGET:
+        t, valid, t_safe, w_t = _row_target(q_row, weight_ptr, stride_w, ignore_index, C, HAS_WEIGHT, ACC_DTYPE)
+    A, c1, keep_t = _row_coefficients(s, coef, scale, valid, w_t, keep, eps_per_class, PROB_TARGET, SMOOTH)
+    dot = _row_grad(
+        x_row, stride_xc, q_row, stride_tc, weight_ptr, stride_w, grad_ptr + row * stride_gr, stride_gc,
+        col_begin, col_end, m, c1, scale, t, valid, keep_t, keep, eps_per_class,
+        PROB_TARGET, HAS_WEIGHT, SMOOTH, WRITE_GRAD, ACC_DTYPE, BLOCK_C,
+    )  # fmt: skip
+    tl.store(dots_ptr + row * num_splits + split, dot)
+
+
+@triton.jit
+def _cross_entropy_split_loss_kernel(
+    target_ptr,
+    stride_tr,
+    weight_ptr,
+    stride_w,
+    stats_ptr,
+    dots_ptr,
+    xt_ptr,
+    loss_ptr,
+    C,
+    ignore_index,
+    smoothing,
+    num_splits,
+    PROB_TARGET: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    MAX_SPLITS: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    eps = tl.cast(smoothing, ACC_DTYPE)
+    eps_per_class = eps / C
+    keep = 1.0 - eps
+    m, s, coef = _combine_stats(stats_ptr + row * num_splits * 3, num_splits, MAX_SPLITS, ACC_DTYPE)
+    k = tl.arange(0, MAX_SPLITS)
+    dot = tl.sum(tl.load(dots_ptr + row * num_splits + k, mask=k < num_splits, other=0.0), axis=0).to(ACC_DTYPE)
+    valid = True
+    w_t = 1.0
+    x_t_minus_m = 0.0
+    if not PROB_TARGET:
+        t, valid, t_safe, w_t = _row_target(
+            target_ptr + row * stride_tr, weight_ptr, stride_w, ignore_index, C, HAS_WEIGHT, ACC_DTYPE
+        )
+        x_t_minus_m = tl.load(xt_ptr + row) - m
+    A, c1, keep_t = _row_coefficients(s, coef, 1.0, valid, w_t, keep, eps_per_class, PROB_TARGET, SMOOTH)
+    loss = _row_loss(A, tl.log(s), dot, x_t_minus_m, valid, w_t, keep, coef, eps_per_class, PROB_TARGET, SMOOTH)
+    tl.store(loss_ptr + row, loss)
+
+
+KERNELS = {
+    "_cross_entropy_fwd_kernel": _cross_entropy_fwd_kernel,
+    "_cross_entropy_split_stats_kernel": _cross_entropy_split_stats_kernel,
+    "_cross_entropy_split_grad_kernel": _cross_entropy_split_grad_kernel,
+    "_cross_entropy_split_loss_kernel": _cross_entropy_split_loss_kernel,
+}
 
 _TORCH_TO_TRITON = {
     torch.float16: tl.float16,
@@ -189,39 +518,47 @@ _AOT_VARIANTS = {
 def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
     """One dict per kernel x dtype x variant for triton.compile(ASTSource(...)) (see
     tests/test_triton_cross_entropy_kernels.py)."""
-    fn = _cross_entropy_fwd_kernel
-    for dtype in dtypes:
+    seen = set()
+    for (name, fn), dtype, (variant, flags) in itertools.product(KERNELS.items(), dtypes, _AOT_VARIANTS.items()):
         block = _MAX_BLOCK_C[dtype]
-        num_warps = max(1, min(8, block // 256))
-        for variant, flags in _AOT_VARIANTS.items():
-            constexprs = dict(flags, ACC_DTYPE=tl.float64 if dtype == torch.float64 else tl.float32, BLOCK_C=block)
-            signature = {}
-            for arg in fn.arg_names:
-                if arg in constexprs:
-                    signature[arg] = "constexpr"
-                elif arg == "target_ptr":
-                    signature[arg] = _PTR[dtype] if flags["PROB_TARGET"] else "*i64"
-                elif arg in ("grad_scale_ptr", "loss_ptr"):
-                    signature[arg] = "*fp64" if dtype == torch.float64 else "*fp32"
-                elif arg.endswith("_ptr"):
-                    signature[arg] = _PTR[dtype]
-                elif arg == "smoothing":
-                    signature[arg] = "fp32"
-                else:
-                    signature[arg] = "i64"
-            yield {
-                "kernel": "_cross_entropy_fwd_kernel",
-                "fn": fn,
-                "dtype": str(dtype).replace("torch.", ""),
-                "variant": variant,
-                "layout": "rows",
-                "signature": signature,
-                "constexprs": constexprs,
-                "attrs": {},
-                "num_warps": num_warps,
-                "num_stages": 1,
-                "config": {"BLOCK_C": block},
-            }
+        num_warps = 1 if fn is _cross_entropy_split_loss_kernel else max(1, min(8, block // 256))
+        constexprs = dict(flags, ACC_DTYPE=tl.float64 if dtype == torch.float64 else tl.float32)
+        if "BLOCK_C" in fn.arg_names:
+            constexprs["BLOCK_C"] = block
+        if "MAX_SPLITS" in fn.arg_names:
+            constexprs["MAX_SPLITS"] = MAX_SPLITS
+        constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
+        key = (name, dtype, tuple(sorted(constexprs.items())))
+        if key in seen:  # a variant whose flags this kernel does not take: compiled already
+            continue
+        seen.add(key)
+        signature = {}
+        for arg in fn.arg_names:
+            if arg in constexprs:
+                signature[arg] = "constexpr"
+            elif arg == "target_ptr":
+                signature[arg] = _PTR[dtype] if flags["PROB_TARGET"] else "*i64"
+            elif arg in ("grad_scale_ptr", "loss_ptr", "stats_ptr", "dots_ptr", "xt_ptr"):
+                signature[arg] = "*fp64" if dtype == torch.float64 else "*fp32"
+            elif arg.endswith("_ptr"):
+                signature[arg] = _PTR[dtype]
+            elif arg == "smoothing":
+                signature[arg] = "fp32"
+            else:
+                signature[arg] = "i64"
+        yield {
+            "kernel": name,
+            "fn": fn,
+            "dtype": str(dtype).replace("torch.", ""),
+            "variant": variant,
+            "layout": "rows",
+            "signature": signature,
+            "constexprs": constexprs,
+            "attrs": {},
+            "num_warps": num_warps,
+            "num_stages": 1,
+            "config": {"BLOCK_C": block},
+        }
 
 
 def _device_guard(t: Tensor):
@@ -252,6 +589,11 @@ def cross_entropy_fwd_triton(
         return loss.zero_()
     prob = target.dim() == 2
     block, num_warps = _block_and_warps(C, logits.dtype)
+    split_c = _split_columns(N, C, block, logits.device)
+    if split_c is not None:
+        return _cross_entropy_split(
+            logits, target, weight, ignore_index, label_smoothing, grad_scale, grad, loss, block, num_warps, split_c
+        )
     with _device_guard(logits):
         _cross_entropy_fwd_kernel[(N,)](
             logits,
@@ -279,4 +621,61 @@ def cross_entropy_fwd_triton(
             BLOCK_C=block,
             num_warps=num_warps,
         )
+    return loss
+
+
+# Split a row across programs only when it is wide and the rows alone leave the GPU idle.
+SPLIT_MIN_COLUMNS = 8 * 1024
+MAX_SPLITS = 64
+
+
+def _split_columns(N: int, C: int, block: int, device: torch.device) -> Optional[int]:
+    """Columns per program when rows are split (a multiple of `block`), or None for one
+    program per row: rows of at least SPLIT_MIN_COLUMNS, split just enough that the grid has
+    about four programs per SM (or per 8 under the interpreter)."""
+    if C < SPLIT_MIN_COLUMNS:
+        return None
+    programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+    if N >= programs:
+        return None
+    splits = min(MAX_SPLITS, triton.cdiv(programs, N), triton.cdiv(C, block))
+    return triton.cdiv(triton.cdiv(C, splits), block) * block if splits > 1 else None
+
+
+def _cross_entropy_split(
+    logits, target, weight, ignore_index, label_smoothing, grad_scale, grad, loss, block, num_warps, split_c
+) -> Tensor:
+    N, C = logits.shape
+    prob = target.dim() == 2
+    splits = triton.cdiv(C, split_c)
+    acc = loss.dtype
+    stats = torch.empty((N, splits, 3), dtype=acc, device=logits.device)
+    dots = torch.empty((N, splits), dtype=acc, device=logits.device)
+    xt = torch.zeros(N, dtype=acc, device=logits.device)
+    flags = dict(PROB_TARGET=prob, HAS_WEIGHT=weight is not None, SMOOTH=label_smoothing > 0)
+    acc_dtype = _TORCH_TO_TRITON[acc]
+    weight_args = (weight if weight is not None else logits, weight.stride(0) if weight is not None else 0)
+    target_args = (target, target.stride(0), target.stride(1) if prob else 0)
+    smoothing = float(max(label_smoothing, 0.0))
+    with _device_guard(logits):
+        _cross_entropy_split_stats_kernel[(N, splits)](
+            logits, logits.stride(0), logits.stride(1), *target_args, *weight_args, stats, xt,
+            C, ignore_index, smoothing, split_c, splits,
+            **flags, ACC_DTYPE=acc_dtype, BLOCK_C=block, num_warps=num_warps,
+        )  # fmt: skip
+        _cross_entropy_split_grad_kernel[(N, splits)](
+            logits, logits.stride(0), logits.stride(1), *target_args, *weight_args,
+            grad_scale if grad_scale is not None else loss,
+            grad if grad is not None else logits,
+            grad.stride(0) if grad is not None else 0,
+            grad.stride(1) if grad is not None else 0,
+            stats, dots, C, ignore_index, smoothing, split_c, splits,
+            **flags, HAS_SCALE=grad_scale is not None, WRITE_GRAD=grad is not None,
+            ACC_DTYPE=acc_dtype, BLOCK_C=block, MAX_SPLITS=MAX_SPLITS, num_warps=num_warps,
+        )  # fmt: skip
+        _cross_entropy_split_loss_kernel[(N,)](
+            target, target.stride(0), *weight_args, stats, dots, xt, loss,
+            C, ignore_index, smoothing, splits,
+            **flags, ACC_DTYPE=acc_dtype, MAX_SPLITS=MAX_SPLITS, num_warps=1,
+        )  # fmt: skip
     return loss
