@@ -15,17 +15,22 @@
 // cores in fp64. Every layer's result is rounded to the input dtype before it feeds the next
 // layer, as nn.Sequential does.
 //
+// Tiles: 128 threads (4 warps) per block; kRows batch rows per tile: 128 (fp16 / bf16, W <= 64),
+// 64 (fp16 / bf16, W = 128; fp32), 32 (fp64).
+//
 // Forward: one block per batch tile; per layer out = act(in @ W^T + b) in the accumulator
 // dtype, bias added in the epilogue, ReLU on hidden layers, one rounding.
 //
-// Backward: a persistent grid of P blocks (P depends only on the batch size and the device's
-// SM count); block p walks tiles p, p + P, ... and, for every layer whose gradient is wanted,
-// accumulates its partial dW / db in its own slice of a workspace in the accumulator dtype
-// (plain loads and stores to memory only it touches: no atomics). A second kernel adds the
-// P partials in block order and rounds to the parameter dtype, so the result is bitwise the
-// same run to run. Per tile and layer: db += column sums of the gradient tile, dW += G^T @ In,
-// then G = mask(round(G @ W)) for the layer below, where mask is threshold_backward's rule
-// (a gradient passes where NOT (activation <= 0), so a NaN activation passes it).
+// Backward: a persistent grid of P = min(tiles, SMs x min(2, resident blocks per SM)) blocks,
+// which depends only on the batch size and the device. Block p walks tiles p, p + P, ... and,
+// for every layer whose gradient is wanted, accumulates its partial dW / db in its own slice
+// of a workspace in the accumulator dtype ([P, sum over wanted layers of W * W + W]: plain
+// loads and stores to memory only it touches, no atomics). A second kernel adds the P
+// partials in block order and rounds once to the parameter dtype, so the result is bitwise
+// the same run to run. Per tile and layer: db += column sums of the gradient tile G,
+// dW += G^T @ In, then G = mask(round(G @ W)) for the layer below, where mask is
+// threshold_backward's rule (a gradient passes where NOT (activation <= 0), so a NaN
+// activation passes it). Layers below the lowest wanted gradient are skipped.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -65,8 +70,8 @@ constexpr size_t kSmemReservedPerBlock = 1024;
 constexpr int min_blocks_per_sm(size_t smem_bytes) {
   return static_cast<int>(std::clamp<size_t>(kSmemPerSm / (smem_bytes + kSmemReservedPerBlock), 1, 4));
 }
-// The backward's persistent grid: this many blocks per SM, at most one per tile.
-constexpr int64_t kBwdBlocksPerSm = 2;
+// The backward's persistent grid holds at most this many blocks per SM.
+constexpr int64_t kMaxBwdBlocksPerSm = 2;
 constexpr int kReduceThreads = 256;
 
 template <typename T>
@@ -669,11 +674,16 @@ void dispatch_tile_width(int64_t width, Fn&& fn) {
   }
 }
 
-// Checks the device can run `kernel` with `smem_bytes` of dynamic shared memory, and opts in
-// above the default 48 KB once per device (flags: one per device, owned by the caller's
-// template instantiation, so per kernel).
-void prepare_launch(const void* kernel, size_t smem_bytes, bool tensor_cores, const char* op,
-                    std::once_flag (&opted_in)[C10_COMPILE_TIME_MAX_GPUS]) {
+// Per kernel instantiation (each launcher owns one), per device: the one-time launch setup.
+struct KernelLaunchSetup {
+  std::once_flag done[C10_COMPILE_TIME_MAX_GPUS];
+  int blocks_per_sm[C10_COMPILE_TIME_MAX_GPUS] = {};
+};
+
+// Checks the current device can run `kernel` with `smem_bytes` of dynamic shared memory, opts
+// in above the default 48 KB, and returns how many blocks of it an SM holds (all once per device).
+int prepare_launch(const void* kernel, size_t smem_bytes, bool tensor_cores, const char* op,
+                   KernelLaunchSetup& setup) {
   const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
   TORCH_CHECK(!tensor_cores || props->major >= 8, op,
               ": the fused MLP kernels for float16 / bfloat16 use tensor cores of compute capability 8.0 or newer, "
@@ -681,12 +691,19 @@ void prepare_launch(const void* kernel, size_t smem_bytes, bool tensor_cores, co
   TORCH_CHECK(smem_bytes <= props->sharedMemPerBlockOptin, op, ": the fused MLP kernel for this dtype and width needs ",
               smem_bytes, " bytes of shared memory per block, but ", props->name, " allows ",
               props->sharedMemPerBlockOptin, "; FusedMLP runs the network layer by layer");
-  if (smem_bytes <= 48 * 1024) return;
   const c10::DeviceIndex device = c10::cuda::current_device();
-  std::call_once(opted_in[device], [&] {
-    C10_CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_bytes)));
+  std::call_once(setup.done[device], [&] {
+    if (smem_bytes > 48 * 1024) {
+      C10_CUDA_CHECK(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_bytes)));
+    }
+    int blocks = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, smem_bytes));
+    TORCH_CHECK(blocks > 0, op, ": the fused MLP kernel does not fit an SM of ", props->name,
+                "; FusedMLP runs the network layer by layer");
+    setup.blocks_per_sm[device] = blocks;
   });
+  return setup.blocks_per_sm[device];
 }
 
 template <typename scalar_t>
@@ -704,12 +721,12 @@ MlpNetwork<scalar_t> network_args(const std::vector<at::Tensor>& weights, int64_
 template <typename scalar_t, int W>
 void launch_mlp_fwd(const MlpFwdArgs<scalar_t>& args) {
   using Tile = MlpTile<scalar_t, W>;
-  static std::once_flag opted_in[C10_COMPILE_TIME_MAX_GPUS];
+  static KernelLaunchSetup setup;
   const int64_t blocks = ceil_div(args.rows, Tile::kRows);
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "mlp_fwd: a batch of ", args.rows,
               " rows needs too many thread blocks (", blocks, ")");
   const auto kernel = mlp_fwd_kernel<scalar_t, W>;
-  prepare_launch(reinterpret_cast<const void*>(kernel), Tile::kFwdSmem, Tile::kTensorCores, "mlp_fwd", opted_in);
+  prepare_launch(reinterpret_cast<const void*>(kernel), Tile::kFwdSmem, Tile::kTensorCores, "mlp_fwd", setup);
   kernel<<<static_cast<unsigned int>(blocks), kThreads, Tile::kFwdSmem, at::cuda::getCurrentCUDAStream()>>>(args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -759,7 +776,7 @@ void launch_mlp_bwd(MlpBwdArgs<scalar_t>& args, const std::vector<at::Tensor>& w
                     const std::vector<at::Tensor>& bias_grads, const at::TensorOptions& options) {
   using Tile = MlpTile<scalar_t, W>;
   using acc_t = typename Tile::acc_t;
-  static std::once_flag opted_in[C10_COMPILE_TIME_MAX_GPUS];
+  static KernelLaunchSetup setup;
   const int layers = args.net.layers;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
@@ -791,17 +808,21 @@ void launch_mlp_bwd(MlpBwdArgs<scalar_t>& args, const std::vector<at::Tensor>& w
     }
   }
 
+  const auto kernel = mlp_bwd_kernel<scalar_t, W>;
+  const int blocks_per_sm =
+      prepare_launch(reinterpret_cast<const void*>(kernel), Tile::kBwdSmem, Tile::kTensorCores, "mlp_bwd", setup);
+  // The persistent grid: as many blocks as fit the GPU at once, at most kMaxBwdBlocksPerSm per
+  // SM (bounding the workspace) and one per tile. It depends only on the batch size and the
+  // device, so the summation order of the weight and bias gradients does too.
   const int64_t tiles = ceil_div(args.rows, Tile::kRows);
   const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t blocks = std::min(tiles, sms * kBwdBlocksPerSm);
+  const int64_t blocks = std::min(tiles, sms * std::min<int64_t>(blocks_per_sm, kMaxBwdBlocksPerSm));
   at::Tensor workspace;
   if (stride > 0) {
     workspace = at::empty({blocks * stride}, options.dtype(c10::CppTypeToScalarType<acc_t>::value));
     args.workspace = workspace.mutable_data_ptr<acc_t>();
     args.workspace_stride = stride;
   }
-  const auto kernel = mlp_bwd_kernel<scalar_t, W>;
-  prepare_launch(reinterpret_cast<const void*>(kernel), Tile::kBwdSmem, Tile::kTensorCores, "mlp_bwd", opted_in);
   kernel<<<static_cast<unsigned int>(blocks), kThreads, Tile::kBwdSmem, stream>>>(args);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (reduce.count == 0) return;
