@@ -387,10 +387,9 @@ __device__ __forceinline__ void finish_fragment(const AccumulatorFragment& acc, 
   const int tile_row = tile_row0 + r, col = col0 + c;
   AlignedVector<scalar_t, 8> values;
 #pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    values.val[e] = finish(tile_row, col + e, stage[r * 16 + c + e]);
-    tile[tile_row * LD + col + e] = values.val[e];
-  }
+  for (int e = 0; e < 8; ++e) values.val[e] = finish(tile_row, col + e, stage[r * 16 + c + e]);
+  // One 16-byte store: LD and col are multiples of 8 elements.
+  *reinterpret_cast<AlignedVector<scalar_t, 8>*>(tile + tile_row * LD + col) = values;
   const int64_t gr = row0 + tile_row;
   if (dst != nullptr && gr < rows) {
     scalar_t* out = dst + gr * cols + col;
