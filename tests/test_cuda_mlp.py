@@ -26,7 +26,9 @@ NETWORKS = [
 # Batches that are and are not multiples of every tile height (32, 64 and 128 rows), and 1.
 BATCHES = [1, 128, 300]
 DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16]
-# Per dtype: the reference dtype and the floors of the flash-attention rule (outputs, gradients).
+# Per dtype: the reference dtype and the floors of the flash-attention rule (outputs, gradients),
+# relative to the largest reference value: gradients sum over the whole batch, in an order that
+# differs from torch's, so their rounding error grows with their size.
 REFERENCE = {
     torch.float32: (torch.float64, 1e-5, 1e-5),
     torch.float16: (torch.float32, 1e-3, 1e-2),
@@ -64,7 +66,8 @@ def assert_matches(ours, reference, torch_same_dtype, dtype, floor_index):
     if dtype == torch.float64:
         torch.testing.assert_close(ours, reference)
     else:
-        close_to_reference(ours, reference, torch_same_dtype, floor=REFERENCE[dtype][floor_index])
+        scale = max(1.0, reference.abs().max().item()) if reference.numel() else 1.0
+        close_to_reference(ours, reference, torch_same_dtype, floor=REFERENCE[dtype][floor_index] * scale)
 
 
 def all_grads(widths, bias):
