@@ -3,7 +3,9 @@ spill-free by construction, importable without the extension, no stray top-level
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,9 +16,19 @@ import torch
 from fusedmlp import _backend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CUDA_OPS = ["linear_relu_fwd", "linear_relu_bwd", "cross_entropy_fwd", "cross_entropy_fwd_inplace", "fused_sgd_"]
-# The whole-network MLP ops have a CPU kernel only so far; on GPUs FusedMLP runs layer by layer.
-CPU_OPS = CUDA_OPS + ["mlp_fwd", "mlp_bwd"]
+CUDA_OPS = [
+    "linear_relu_fwd",
+    "linear_relu_bwd",
+    "cross_entropy_fwd",
+    "cross_entropy_fwd_inplace",
+    "fused_sgd_",
+    "mlp_fwd",
+    "mlp_bwd",
+]
+CPU_OPS = CUDA_OPS
+# Tile widths and dtypes (as they appear in mangled names) the fused MLP kernels are built for.
+MLP_TILE_WIDTHS = (16, 32, 64, 128)
+MLP_TENSOR_CORE_DTYPES = ("c104Half", "c108BFloat16")
 
 
 def _cuda_build_expected() -> bool:
@@ -90,3 +102,67 @@ def test_no_top_level_triton_kernels_module():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "fusedmlp.triton_kernels"
+
+
+def _cuobjdump() -> str | None:
+    """cuobjdump from PATH, the CUDA toolkit, or the copy Triton ships."""
+    candidates = [shutil.which("cuobjdump")]
+    if os.environ.get("CUDA_HOME"):
+        candidates.append(os.path.join(os.environ["CUDA_HOME"], "bin", "cuobjdump"))
+    spec = importlib.util.find_spec("triton")
+    if spec is not None and spec.origin is not None:
+        candidates.append(os.path.join(os.path.dirname(spec.origin), "backends", "nvidia", "bin", "cuobjdump"))
+    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+
+
+def _sass_by_arch_and_function(library: str, tool: str) -> dict[str, dict[str, str]]:
+    """{"sm_80": {mangled kernel name: SASS text}, ...} for every kernel in the library."""
+    result = subprocess.run([tool, "-sass", library], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    kernels: dict[str, dict[str, str]] = {}
+    arch = function = None
+    for line in result.stdout.splitlines():
+        arch_match = re.match(r"\s*arch = (sm_\d+)", line)
+        function_match = re.match(r"\s*Function : (\S+)", line)
+        if arch_match:
+            arch, function = arch_match.group(1), None
+        elif function_match and arch is not None:
+            function = function_match.group(1)
+            kernels.setdefault(arch, {})[function] = ""
+        elif function is not None:
+            kernels[arch][function] += line + "\n"
+    return kernels
+
+
+def _mlp_kernel(kernels: dict[str, str], name: str, dtype: str, width: int) -> str:
+    # Itanium mangling of name<dtype, width>: ...<name>I<dtype>Li<width>EE...; dtype is
+    # N3c104HalfE / N3c108BFloat16E for the c10 types, f / d for float / double.
+    pattern = re.compile(rf"{name}I(N3{dtype}E|{dtype})Li{width}E")
+    matches = [sass for function, sass in kernels.items() if pattern.search(function)]
+    assert len(matches) == 1, f"expected one {name}<{dtype}, {width}> kernel, found {len(matches)}"
+    return matches[0]
+
+
+@pytest.mark.slow
+def test_fused_mlp_kernels_built_for_sm80_sm90_with_tensor_cores():
+    """The whole-network MLP kernels exist for sm_80 and sm_90 for every dtype and tile width;
+    the fp16 / bf16 ones multiply on tensor cores (HMMA), the fp32 ones do not (no TF32), and
+    the fp64 ones use fp64 FMAs (DFMA)."""
+    if not _backend.HAS_CUDA_KERNELS:
+        pytest.skip("fusedmlp._C was built without CUDA kernels")
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump (CUDA toolkit or Triton's copy) to disassemble the CUDA kernels")
+    from fusedmlp import _C
+
+    kernels_by_arch = _sass_by_arch_and_function(_C.__file__, tool)
+    for arch in ("sm_80", "sm_90"):
+        assert arch in kernels_by_arch, f"no {arch} code in {_C.__file__}: {sorted(kernels_by_arch)}"
+        kernels = kernels_by_arch[arch]
+        for name in ("mlp_fwd_kernel", "mlp_bwd_kernel"):
+            for width in MLP_TILE_WIDTHS:
+                for dtype in MLP_TENSOR_CORE_DTYPES:
+                    assert "HMMA" in _mlp_kernel(kernels, name, dtype, width), f"{arch} {name}<{dtype}, {width}>"
+                sass_fp32 = _mlp_kernel(kernels, name, "f", width)
+                assert "HMMA" not in sass_fp32 and "FFMA" in sass_fp32, f"{arch} {name}<float, {width}>"
+                assert "DFMA" in _mlp_kernel(kernels, name, "d", width), f"{arch} {name}<double, {width}>"

@@ -64,4 +64,25 @@ inline void check_mlp_bwd_args(const at::Tensor& grad_output, const at::Tensor& 
               "mlp_bwd: expected grad_output to have the dtype and device of input");
 }
 
+// The shapes the fused whole-network GPU kernels cover: every width (input features and every
+// layer's out features) at most kFusedMlpMaxWidth, since a layer's weights and a batch tile of
+// activations live in shared memory, and at most kFusedMlpMaxLayers layers, whose pointers
+// travel in the kernel's argument block. FusedMLP runs other networks layer by layer; this
+// check is the kernels' own safety net.
+constexpr int64_t kFusedMlpMaxWidth = 128;
+constexpr int64_t kFusedMlpMaxLayers = 8;
+
+inline void check_fused_mlp_coverage(const char* op, const at::Tensor& input, at::TensorList weights) {
+  TORCH_CHECK(static_cast<int64_t>(weights.size()) <= kFusedMlpMaxLayers, op,
+              ": the fused whole-network kernel covers at most ", kFusedMlpMaxLayers, " layers, got ",
+              weights.size(), "; FusedMLP runs such networks layer by layer");
+  TORCH_CHECK(input.size(1) <= kFusedMlpMaxWidth, op, ": the fused whole-network kernel covers widths up to ",
+              kFusedMlpMaxWidth, ", got ", input.size(1), " input features; FusedMLP runs such networks layer by layer");
+  for (size_t i = 0; i < weights.size(); ++i) {
+    TORCH_CHECK(weights[i].size(0) <= kFusedMlpMaxWidth, op, ": the fused whole-network kernel covers widths up to ",
+                kFusedMlpMaxWidth, ", got ", weights[i].size(0), " out features in layer ", i,
+                "; FusedMLP runs such networks layer by layer");
+  }
+}
+
 }  // namespace fusedmlp

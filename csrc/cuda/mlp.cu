@@ -1,0 +1,898 @@
+// CUDA kernels for the whole-network MLP ops mlp_fwd / mlp_bwd (schemas in csrc/fusedmlp.cpp,
+// semantics in fusedmlp/ops/mlp.py's mlp_fwd_torch / mlp_bwd_torch) for narrow networks: every
+// width at most 128, at most 8 layers (check_fused_mlp_coverage in fusedmlp/mlp.h).
+//
+// Every width is padded to one power-of-two tile width W in {16, 32, 64, 128}. A block owns a
+// tile of kRows batch rows and runs the whole network on it, so hidden activations and
+// gradients never leave the chip between layers (the forward still writes the hidden ReLU
+// outputs once, for the backward). Shared memory holds the current layer's weights
+// zero-padded to W x W, and the batch tile padded to W columns. Padded weights are zero and
+// every epilogue writes zeros into padded columns, so padding never reaches a real value, even
+// when an inf in a real value would turn a multiplication by a padded zero into NaN.
+//
+// Products: fp16 / bf16 on tensor cores through nvcuda::wmma (16x16x16, fp32 accumulators);
+// fp32 on CUDA cores with fp32 FMAs (no TF32, like torch's default fp32 matmul); fp64 on CUDA
+// cores in fp64. Every layer's result is rounded to the input dtype before it feeds the next
+// layer, as nn.Sequential does.
+//
+// Tiles: 128 threads (4 warps) per block; kRows batch rows per tile: 128 (fp16 / bf16, W <= 64),
+// 64 (fp16 / bf16, W = 128; fp32), 32 (fp64).
+//
+// Forward: one block per batch tile; per layer out = act(in @ W^T + b) in the accumulator
+// dtype, bias added in the epilogue, ReLU on hidden layers, one rounding.
+//
+// Backward: a persistent grid of P = min(tiles, SMs x min(2, resident blocks per SM)) blocks,
+// which depends only on the batch size and the device. Block p walks tiles p, p + P, ... and,
+// for every layer whose gradient is wanted, accumulates its partial dW / db in its own slice
+// of a workspace in the accumulator dtype ([P, sum over wanted layers of W * W + W]: plain
+// loads and stores to memory only it touches, no atomics). A second kernel adds the P
+// partials in block order and rounds once to the parameter dtype, so the result is bitwise
+// the same run to run. Per tile and layer: db += column sums of the gradient tile G,
+// dW += G^T @ In, then G = mask(round(G @ W)) for the layer below, where mask is
+// threshold_backward's rule (a gradient passes where NOT (activation <= 0), so a NaN
+// activation passes it). Layers below the lowest wanted gradient are skipped.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAMacros.h>
+#include <torch/library.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <mutex>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include <fusedmlp/mlp.h>
+
+namespace fusedmlp {
+namespace {
+
+constexpr int kMaxLayers = static_cast<int>(kFusedMlpMaxLayers);
+constexpr int kThreads = 128;
+constexpr int kWarps = kThreads / 32;
+// Register budget: ask ptxas for as many resident blocks per SM as shared memory allows on
+// sm_90 (228 KB per SM, 1 KB of it reserved per block), at most four, i.e. at most 128
+// registers per thread where four blocks fit and more where shared memory limits residency
+// anyway.
+constexpr size_t kSmemPerSm = 228 * 1024;
+constexpr size_t kSmemReservedPerBlock = 1024;
+constexpr int min_blocks_per_sm(size_t smem_bytes) {
+  return static_cast<int>(std::clamp<size_t>(kSmemPerSm / (smem_bytes + kSmemReservedPerBlock), 1, 4));
+}
+// The backward's persistent grid holds at most this many blocks per SM.
+constexpr int64_t kMaxBwdBlocksPerSm = 2;
+constexpr int kReduceThreads = 256;
+
+template <typename T>
+constexpr bool kIsReducedFloat = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
+
+template <typename T>
+struct WmmaElement;
+template <>
+struct WmmaElement<c10::Half> {
+  using type = __half;
+};
+template <>
+struct WmmaElement<c10::BFloat16> {
+  using type = __nv_bfloat16;
+};
+
+template <typename T, int N>
+struct alignas(sizeof(T) * N) AlignedVector {
+  T val[N];
+};
+
+__host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
+
+constexpr size_t align_smem(size_t bytes) {
+  return (bytes + 127) / 128 * 128;
+}
+
+// Tensor cores (fp16, bf16): warp w owns tile rows [w * kWarpRows, (w + 1) * kWarpRows) for
+// the row-wise products (forward, input gradient). Narrow tiles give each warp two 16-row
+// fragments, so a weight fragment is loaded once per two MMAs; either way a warp holds at
+// most 64 fp32 accumulators per thread.
+template <int W>
+struct TensorCoreTile {
+  static constexpr int kRowFrags = W <= 64 ? 2 : 1;
+  static constexpr int kWarpRows = 16 * kRowFrags;
+  static constexpr int kColFrags = W / 16;
+  static constexpr int kRows = kWarps * kWarpRows;
+};
+
+// CUDA cores (fp32, fp64): thread (tr, tc) = (tid / 16, tid % 16) owns rows tr + i * kRowThreads
+// and columns tc + j * kColThreads of a block-wide product, so at each k a warp reads two rows
+// of one operand (broadcasts) and 16 consecutive elements of the other.
+template <typename scalar_t, int W>
+struct SimtTile {
+  static constexpr int kColThreads = 16;
+  static constexpr int kRowThreads = kThreads / kColThreads;
+  static constexpr int kThreadCols = W / kColThreads;
+  static constexpr int kRows = sizeof(scalar_t) == 8 ? 32 : 64;
+  static constexpr int kThreadRows = kRows / kRowThreads;
+  // The weight gradient [W, W] is produced in chunks of kGradRowsPerThread * kRowThreads rows.
+  static constexpr int kGradRowsPerThread = std::min(kThreadRows, W / kRowThreads);
+};
+
+// Tile geometry and shared memory layout for one (dtype, padded width W) instantiation.
+template <typename scalar_t, int W>
+struct MlpTile {
+  static_assert(W == 16 || W == 32 || W == 64 || W == 128, "tile width must be 16, 32, 64 or 128");
+  using acc_t = at::opmath_type<scalar_t>;
+  static constexpr bool kTensorCores = kIsReducedFloat<scalar_t>;
+  using Layout = std::conditional_t<kTensorCores, TensorCoreTile<W>, SimtTile<scalar_t, W>>;
+  static constexpr int kRows = Layout::kRows;
+
+  // Row pitch (elements) of every shared tile. Tensor cores: 16 bytes of skew keep ldm a
+  // multiple of 8 and every fragment pointer 32-byte aligned, and shift banks between rows.
+  // CUDA cores: an odd pitch puts the rows a warp reads at one k in different banks.
+  static constexpr int kLd = kTensorCores ? W + 8 : W + 1;
+
+  static constexpr size_t kTileBytes = align_smem(sizeof(scalar_t) * kRows * kLd);
+  static constexpr size_t kWeightBytes = align_smem(sizeof(scalar_t) * W * kLd);
+  static constexpr size_t kBiasBytes = align_smem(sizeof(acc_t) * W);
+  // Each warp turns one 16x16 fp32 accumulator fragment at a time into dtype values here
+  // (wmma's register layout does not say which element is where).
+  static constexpr size_t kStageBytes = kTensorCores ? sizeof(float) * kWarps * 16 * 16 : 0;
+  // Forward: activation tile, weights, bias, staging. Backward: gradient tile, the layer's
+  // input tile (also the ReLU mask of the layer below), weights, staging.
+  static constexpr size_t kFwdSmem = kTileBytes + kWeightBytes + kBiasBytes + kStageBytes;
+  static constexpr size_t kBwdSmem = 2 * kTileBytes + kWeightBytes + kStageBytes;
+  static constexpr int kFwdMinBlocks = min_blocks_per_sm(kFwdSmem);
+  static constexpr int kBwdMinBlocks = min_blocks_per_sm(kBwdSmem);
+};
+
+// The network, passed by value in the kernel's argument block. Every tensor is contiguous.
+template <typename scalar_t>
+struct MlpNetwork {
+  const scalar_t* weight[kMaxLayers];  // [width[i + 1], width[i]] (nn.Linear layout)
+  int32_t width[kMaxLayers + 1];       // width[0]: input features; width[i + 1]: layer i's outputs
+  int32_t layers;
+};
+
+template <typename scalar_t>
+struct MlpFwdArgs {
+  MlpNetwork<scalar_t> net;
+  const scalar_t* bias[kMaxLayers];  // [width[i + 1]], or all null without biases
+  const scalar_t* input;             // [rows, width[0]]
+  scalar_t* out[kMaxLayers];         // [rows, width[i + 1]]: the hidden activations, then the output
+  int64_t rows;
+};
+
+template <typename scalar_t>
+struct MlpBwdArgs {
+  using acc_t = at::opmath_type<scalar_t>;
+  MlpNetwork<scalar_t> net;
+  const scalar_t* input;                   // [rows, width[0]]
+  const scalar_t* activation[kMaxLayers];  // [rows, width[i + 1]] for the hidden layers
+  const scalar_t* grad_output;             // [rows, width[layers]]
+  scalar_t* grad_input;                    // [rows, width[0]], or null when not wanted
+  acc_t* workspace;                        // [gridDim.x, workspace_stride]: one slice per block
+  int64_t workspace_stride;
+  // Offsets into a block's slice of layer i's partial dW (padded [W, W], row-major) and
+  // partial db ([W]); -1 when that gradient is not wanted.
+  int32_t weight_slot[kMaxLayers];
+  int32_t bias_slot[kMaxLayers];
+  // Layers lowest_layer..layers-1 are visited; below lowest_layer nothing is wanted.
+  int32_t lowest_layer;
+  int64_t rows;
+};
+
+template <typename scalar_t>
+struct MlpGradReduceArgs {
+  using acc_t = at::opmath_type<scalar_t>;
+  const acc_t* workspace;
+  int64_t workspace_stride;
+  int32_t partials;
+  int32_t tile_width;
+  int32_t count;                       // number of gradients (dW or db) to write
+  scalar_t* dst[2 * kMaxLayers];       // contiguous [rows, cols]
+  int32_t slot[2 * kMaxLayers];        // offset of its padded partial in a workspace slice
+  int32_t cols[2 * kMaxLayers];
+  int64_t begin[2 * kMaxLayers + 1];   // prefix sums of rows * cols: gradient j owns [begin[j], begin[j + 1])
+};
+
+// ---------------------------------------------------------------------------
+// Shared helpers
+// ---------------------------------------------------------------------------
+
+// dst[r * LD + c] = src[(row0 + r) * cols + c] for r < ROWS, c < W; zero outside the
+// valid rows / cols, which is the padding every product relies on.
+template <typename scalar_t, int ROWS, int W, int LD>
+__device__ __forceinline__ void load_tile(scalar_t* dst, const scalar_t* src, int64_t row0, int64_t rows,
+                                          int cols) {
+  for (int idx = threadIdx.x; idx < ROWS * W; idx += kThreads) {
+    const int r = idx / W, c = idx % W;
+    const int64_t gr = row0 + r;
+    dst[r * LD + c] = (gr < rows && c < cols) ? src[gr * cols + c] : scalar_t(0);
+  }
+}
+
+// threshold_backward(grad, activation, 0): the gradient passes where NOT (activation <= 0).
+template <typename scalar_t>
+__device__ __forceinline__ scalar_t relu_mask(scalar_t grad, scalar_t activation) {
+  using acc_t = at::opmath_type<scalar_t>;
+  return static_cast<acc_t>(activation) <= acc_t(0) ? scalar_t(0) : grad;
+}
+
+// db[n] (+)= sum over the tile's rows of grad[r][n], rows in order. Thread n owns column n of
+// its block's slice, so the read-modify-write needs no atomics.
+template <typename scalar_t, int W, int ROWS, int LD>
+__device__ __forceinline__ void accumulate_bias_grad(const scalar_t* grad, at::opmath_type<scalar_t>* partial,
+                                                     bool first) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int n = threadIdx.x;
+  if (n >= W) return;
+  acc_t sum = acc_t(0);
+#pragma unroll 8
+  for (int r = 0; r < ROWS; ++r) sum += static_cast<acc_t>(grad[r * LD + n]);
+  partial[n] = first ? sum : partial[n] + sum;
+}
+
+// ---------------------------------------------------------------------------
+// CUDA cores (fp32, fp64)
+// ---------------------------------------------------------------------------
+
+__device__ __forceinline__ float multiply_add(float a, float b, float c) {
+  return fmaf(a, b, c);
+}
+__device__ __forceinline__ double multiply_add(double a, double b, double c) {
+  return fma(a, b, c);
+}
+
+// acc[i][j] += sum_k A(tr + i * RT, k) * B(k, tc + j * CT) for k < KDIM, where
+// A(r, k) = a[r * A_RS + k * A_CS] and B(k, c) = b[k * B_RS + c * B_CS] in shared memory.
+template <int TM, int TN, int RT, int CT, int KDIM, int A_RS, int A_CS, int B_RS, int B_CS, typename scalar_t,
+          typename acc_t>
+__device__ __forceinline__ void simt_product(acc_t (&acc)[TM][TN], const scalar_t* a, const scalar_t* b, int tr,
+                                             int tc) {
+#pragma unroll 4
+  for (int k = 0; k < KDIM; ++k) {
+    acc_t av[TM], bv[TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i) av[i] = static_cast<acc_t>(a[(tr + i * RT) * A_RS + k * A_CS]);
+#pragma unroll
+    for (int j = 0; j < TN; ++j) bv[j] = static_cast<acc_t>(b[k * B_RS + (tc + j * CT) * B_CS]);
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+#pragma unroll
+      for (int j = 0; j < TN; ++j) acc[i][j] = multiply_add(av[i], bv[j], acc[i][j]);
+    }
+  }
+}
+
+// act[r][:] = act(act[r][:] @ weights^T + bias), in place, and the valid part to out.
+template <typename scalar_t, int W>
+__device__ void fwd_layer_simt(scalar_t* act, const scalar_t* weights, const at::opmath_type<scalar_t>* bias,
+                               int out_features, bool relu, scalar_t* out, int64_t row0, int64_t rows) {
+  using Tile = MlpTile<scalar_t, W>;
+  using acc_t = typename Tile::acc_t;
+  using Simt = SimtTile<scalar_t, W>;
+  constexpr int LD = Tile::kLd, TM = Simt::kThreadRows, TN = Simt::kThreadCols;
+  constexpr int RT = Simt::kRowThreads, CT = Simt::kColThreads;
+  const int tr = threadIdx.x / CT, tc = threadIdx.x % CT;
+  acc_t acc[TM][TN] = {};
+  // C[r][n] = sum_k act[r][k] * weights[n][k]
+  simt_product<TM, TN, RT, CT, W, LD, 1, 1, LD>(acc, act, weights, tr, tc);
+  __syncthreads();  // every thread has read the tile it is about to overwrite
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+    const int r = tr + i * RT;
+    const int64_t gr = row0 + r;
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+      const int n = tc + j * CT;
+      acc_t v = acc[i][j] + bias[n];
+      if (relu && v < acc_t(0)) v = acc_t(0);  // keeps NaN, like torch.relu
+      const scalar_t value = n < out_features ? static_cast<scalar_t>(v) : scalar_t(0);
+      act[r * LD + n] = value;
+      if (gr < rows && n < out_features) out[gr * out_features + n] = value;
+    }
+  }
+}
+
+// partial dW[n][k] (+)= sum_r grad[r][n] * in[r][k] over the tile's rows. Each thread owns a
+// fixed set of (n, k) of its block's slice: no atomics.
+template <typename scalar_t, int W>
+__device__ void weight_grad_simt(const scalar_t* grad, const scalar_t* in, at::opmath_type<scalar_t>* partial,
+                                 bool first) {
+  using Tile = MlpTile<scalar_t, W>;
+  using acc_t = typename Tile::acc_t;
+  using Simt = SimtTile<scalar_t, W>;
+  constexpr int LD = Tile::kLd, TM = Simt::kGradRowsPerThread, TN = Simt::kThreadCols;
+  constexpr int RT = Simt::kRowThreads, CT = Simt::kColThreads;
+  const int tr = threadIdx.x / CT, tc = threadIdx.x % CT;
+  for (int n0 = 0; n0 < W; n0 += TM * RT) {
+    acc_t acc[TM][TN];
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+#pragma unroll
+      for (int j = 0; j < TN; ++j) {
+        acc[i][j] = first ? acc_t(0) : partial[(n0 + tr + i * RT) * W + tc + j * CT];
+      }
+    }
+    // A(n, r) = grad[r][n0 + n], B(r, k) = in[r][k]
+    simt_product<TM, TN, RT, CT, Tile::kRows, 1, LD, LD, 1>(acc, grad + n0, in, tr, tc);
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+#pragma unroll
+      for (int j = 0; j < TN; ++j) partial[(n0 + tr + i * RT) * W + tc + j * CT] = acc[i][j];
+    }
+  }
+}
+
+// grad[r][:] = mask(round(grad[r][:] @ weights), in[r][:]) in place (no mask for the input
+// layer, whose result goes to grad_input instead).
+template <typename scalar_t, int W>
+__device__ void grad_below_simt(scalar_t* grad, const scalar_t* weights, const scalar_t* in, int in_features,
+                                bool mask, scalar_t* grad_input, int64_t row0, int64_t rows) {
+  using Tile = MlpTile<scalar_t, W>;
+  using acc_t = typename Tile::acc_t;
+  using Simt = SimtTile<scalar_t, W>;
+  constexpr int LD = Tile::kLd, TM = Simt::kThreadRows, TN = Simt::kThreadCols;
+  constexpr int RT = Simt::kRowThreads, CT = Simt::kColThreads;
+  const int tr = threadIdx.x / CT, tc = threadIdx.x % CT;
+  acc_t acc[TM][TN] = {};
+  // C[r][k] = sum_n grad[r][n] * weights[n][k]
+  simt_product<TM, TN, RT, CT, W, LD, 1, LD, 1>(acc, grad, weights, tr, tc);
+  __syncthreads();  // every thread has read the gradient tile it is about to overwrite
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+    const int r = tr + i * RT;
+    const int64_t gr = row0 + r;
+#pragma unroll
+    for (int j = 0; j < TN; ++j) {
+      const int k = tc + j * CT;
+      scalar_t value = static_cast<scalar_t>(acc[i][j]);
+      if (mask) value = relu_mask(value, in[r * LD + k]);
+      if (k >= in_features) value = scalar_t(0);
+      grad[r * LD + k] = value;
+      if (grad_input != nullptr && gr < rows && k < in_features) grad_input[gr * in_features + k] = value;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Tensor cores (fp16, bf16; sm_80+)
+// ---------------------------------------------------------------------------
+
+using AccumulatorFragment = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>;
+
+// Finishes one 16x16 accumulator fragment whose top-left corner is tile element (tile_row0,
+// col0): through the warp's staging buffer, lane l takes row l / 2, columns (l % 2) * 8 + 0..7,
+// computes each value with finish(tile_row, col, float) -> scalar_t, stores it to the shared
+// tile and, for valid rows and columns, to dst ([rows, cols], row-major) when dst is not null.
+template <typename scalar_t, int LD, typename Finish>
+__device__ __forceinline__ void finish_fragment(const AccumulatorFragment& acc, float* stage, scalar_t* tile,
+                                                int tile_row0, int col0, Finish finish, scalar_t* dst,
+                                                int64_t row0, int64_t rows, int cols) {
+  namespace wmma = nvcuda::wmma;
+  wmma::store_matrix_sync(stage, acc, 16, wmma::mem_row_major);
+  __syncwarp();
+  const int lane = threadIdx.x % 32;
+  const int r = lane / 2, c = (lane % 2) * 8;
+  const int tile_row = tile_row0 + r, col = col0 + c;
+  AlignedVector<scalar_t, 8> values;
+#pragma unroll
+  for (int e = 0; e < 8; ++e) values.val[e] = finish(tile_row, col + e, stage[r * 16 + c + e]);
+  // One 16-byte store: LD and col are multiples of 8 elements.
+  *reinterpret_cast<AlignedVector<scalar_t, 8>*>(tile + tile_row * LD + col) = values;
+  const int64_t gr = row0 + tile_row;
+  if (dst != nullptr && gr < rows) {
+    scalar_t* out = dst + gr * cols + col;
+    // 16-byte stores when whole rows are; the caller's tensors are fresh allocations.
+    if (cols % 8 == 0 && col + 8 <= cols) {
+      *reinterpret_cast<AlignedVector<scalar_t, 8>*>(out) = values;
+    } else {
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        if (col + e < cols) out[e] = values.val[e];
+      }
+    }
+  }
+  __syncwarp();  // the staging buffer is reused by the next fragment
+}
+
+// The warp's rows of tile = tile @ B, where B(k, n) comes from `b` (pitch LD) as a row-major
+// ([k][n]) or column-major ([n][k]) wmma operand; every accumulator of the warp is complete
+// before any is finished, so the result can overwrite the warp's own rows.
+template <typename scalar_t, int W, typename BLayout, typename Finish>
+__device__ __forceinline__ void warp_rows_product(scalar_t* tile, const scalar_t* b, float* stage, Finish finish,
+                                                  scalar_t* dst, int64_t row0, int64_t rows, int cols) {
+  namespace wmma = nvcuda::wmma;
+  using mma_t = typename WmmaElement<scalar_t>::type;
+  constexpr int LD = MlpTile<scalar_t, W>::kLd;
+  constexpr int RF = TensorCoreTile<W>::kRowFrags, CF = TensorCoreTile<W>::kColFrags;
+  constexpr bool kBRowMajor = std::is_same_v<BLayout, wmma::row_major>;
+  const int warp_row0 = (threadIdx.x / 32) * TensorCoreTile<W>::kWarpRows;
+  const auto* a = reinterpret_cast<const mma_t*>(tile);
+  const auto* bm = reinterpret_cast<const mma_t*>(b);
+
+  AccumulatorFragment acc[RF][CF];
+#pragma unroll
+  for (int i = 0; i < RF; ++i) {
+#pragma unroll
+    for (int j = 0; j < CF; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+  }
+  // Not unrolled: all CF weight fragments of a step are live at once, and unrolling the
+  // steps as well would hold several steps' worth.
+#pragma unroll 1
+  for (int kk = 0; kk < CF; ++kk) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, mma_t, wmma::row_major> a_frag[RF];
+#pragma unroll
+    for (int i = 0; i < RF; ++i) wmma::load_matrix_sync(a_frag[i], a + (warp_row0 + i * 16) * LD + kk * 16, LD);
+#pragma unroll
+    for (int j = 0; j < CF; ++j) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, mma_t, BLayout> b_frag;
+      // Row-major B(k, n) = b[k][n]; column-major B(k, n) = b[n][k].
+      const mma_t* b_ptr = kBRowMajor ? bm + kk * 16 * LD + j * 16 : bm + j * 16 * LD + kk * 16;
+      wmma::load_matrix_sync(b_frag, b_ptr, LD);
+#pragma unroll
+      for (int i = 0; i < RF; ++i) wmma::mma_sync(acc[i][j], a_frag[i], b_frag, acc[i][j]);
+    }
+  }
+  __syncwarp();  // every lane has loaded its operands before the rows are overwritten
+#pragma unroll
+  for (int i = 0; i < RF; ++i) {
+#pragma unroll
+    for (int j = 0; j < CF; ++j) {
+      finish_fragment<scalar_t, LD>(acc[i][j], stage, tile, warp_row0 + i * 16, j * 16, finish, dst, row0, rows,
+                                    cols);
+    }
+  }
+}
+
+// partial dW (+)= grad^T @ in over the tile's rows, on tensor cores. Warp w owns dW row strips
+// w, w + kWarps, ... of 16 rows each; its accumulators round-trip through its own part of the
+// block's workspace slice.
+template <typename scalar_t, int W>
+__device__ void weight_grad_tensor_core(const scalar_t* grad, const scalar_t* in, float* partial, bool first) {
+  namespace wmma = nvcuda::wmma;
+  using mma_t = typename WmmaElement<scalar_t>::type;
+  constexpr int LD = MlpTile<scalar_t, W>::kLd, CF = TensorCoreTile<W>::kColFrags;
+  const auto* g = reinterpret_cast<const mma_t*>(grad);
+  const auto* x = reinterpret_cast<const mma_t*>(in);
+  for (int fn = threadIdx.x / 32; fn < CF; fn += kWarps) {
+    float* strip = partial + fn * 16 * W;
+    AccumulatorFragment acc[CF];
+#pragma unroll
+    for (int j = 0; j < CF; ++j) {
+      if (first) {
+        wmma::fill_fragment(acc[j], 0.0f);
+      } else {
+        wmma::load_matrix_sync(acc[j], strip + j * 16, W, wmma::mem_row_major);
+      }
+    }
+#pragma unroll 1
+    for (int rr = 0; rr < TensorCoreTile<W>::kRows / 16; ++rr) {
+      // A(n, r) = grad[r][fn * 16 + n]: the gradient tile read column-major.
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, mma_t, wmma::col_major> a_frag;
+      wmma::load_matrix_sync(a_frag, g + rr * 16 * LD + fn * 16, LD);
+#pragma unroll
+      for (int j = 0; j < CF; ++j) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, mma_t, wmma::row_major> b_frag;
+        wmma::load_matrix_sync(b_frag, x + rr * 16 * LD + j * 16, LD);
+        wmma::mma_sync(acc[j], a_frag, b_frag, acc[j]);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < CF; ++j) wmma::store_matrix_sync(strip + j * 16, acc[j], W, wmma::mem_row_major);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Kernels
+// ---------------------------------------------------------------------------
+
+template <typename scalar_t, int W>
+__device__ void mlp_fwd_tile(const MlpFwdArgs<scalar_t>& args) {
+  using Tile = MlpTile<scalar_t, W>;
+  using acc_t = typename Tile::acc_t;
+  constexpr int LD = Tile::kLd;
+  extern __shared__ __align__(128) unsigned char smem[];
+  auto* act = reinterpret_cast<scalar_t*>(smem);
+  auto* weights = reinterpret_cast<scalar_t*>(smem + Tile::kTileBytes);
+  auto* bias = reinterpret_cast<acc_t*>(smem + Tile::kTileBytes + Tile::kWeightBytes);
+  auto* stage = reinterpret_cast<float*>(smem + Tile::kTileBytes + Tile::kWeightBytes + Tile::kBiasBytes) +
+                (threadIdx.x / 32) * 256;
+
+  const MlpNetwork<scalar_t>& net = args.net;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * Tile::kRows;
+  load_tile<scalar_t, Tile::kRows, W, LD>(act, args.input, row0, args.rows, net.width[0]);
+  for (int layer = 0; layer < net.layers; ++layer) {
+    const int in_features = net.width[layer], out_features = net.width[layer + 1];
+    const bool relu = layer + 1 < net.layers;
+    __syncthreads();  // the previous layer is done with the weights and bias
+    load_tile<scalar_t, W, W, LD>(weights, net.weight[layer], 0, out_features, in_features);
+    const scalar_t* layer_bias = args.bias[layer];
+    if (threadIdx.x < W) {
+      const int n = threadIdx.x;
+      bias[n] = (layer_bias != nullptr && n < out_features) ? static_cast<acc_t>(layer_bias[n]) : acc_t(0);
+    }
+    __syncthreads();
+    if constexpr (Tile::kTensorCores) {
+      const auto finish = [&](int, int col, float v) {
+        v += bias[col];
+        if (relu && v < 0.0f) v = 0.0f;  // keeps NaN, like torch.relu
+        return col < out_features ? static_cast<scalar_t>(v) : scalar_t(0);
+      };
+      warp_rows_product<scalar_t, W, nvcuda::wmma::col_major>(act, weights, stage, finish, args.out[layer], row0,
+                                                              args.rows, out_features);
+    } else {
+      fwd_layer_simt<scalar_t, W>(act, weights, bias, out_features, relu, args.out[layer], row0, args.rows);
+    }
+  }
+}
+
+template <typename scalar_t, int W>
+__device__ void mlp_bwd_tiles(const MlpBwdArgs<scalar_t>& args) {
+  using Tile = MlpTile<scalar_t, W>;
+  using acc_t = typename Tile::acc_t;
+  constexpr int LD = Tile::kLd;
+  extern __shared__ __align__(128) unsigned char smem[];
+  auto* grad = reinterpret_cast<scalar_t*>(smem);
+  auto* in = reinterpret_cast<scalar_t*>(smem + Tile::kTileBytes);
+  auto* weights = reinterpret_cast<scalar_t*>(smem + 2 * Tile::kTileBytes);
+  auto* stage =
+      reinterpret_cast<float*>(smem + 2 * Tile::kTileBytes + Tile::kWeightBytes) + (threadIdx.x / 32) * 256;
+
+  const MlpNetwork<scalar_t>& net = args.net;
+  const int layers = net.layers;
+  acc_t* slice = args.workspace + static_cast<int64_t>(blockIdx.x) * args.workspace_stride;
+  const int64_t tiles = ceil_div(args.rows, Tile::kRows);
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const bool first = tile == blockIdx.x;
+    const int64_t row0 = tile * Tile::kRows;
+    __syncthreads();  // the previous tile is done with the gradient tile
+    // The output layer has no ReLU: its pre-activation gradient is grad_output as it is.
+    load_tile<scalar_t, Tile::kRows, W, LD>(grad, args.grad_output, row0, args.rows, net.width[layers]);
+    for (int layer = layers - 1; layer >= args.lowest_layer; --layer) {
+      // Here `grad` holds the gradient of layer's pre-activation (zero in padded rows / columns).
+      const int in_features = net.width[layer];
+      const int out_features = net.width[layer + 1];
+      const bool below = layer > args.lowest_layer || args.grad_input != nullptr;
+      const bool mask = layer > 0;
+      const int32_t weight_slot = args.weight_slot[layer], bias_slot = args.bias_slot[layer];
+      __syncthreads();  // the layer above is done with the weights and the input tile
+      if (below) load_tile<scalar_t, W, W, LD>(weights, net.weight[layer], 0, out_features, in_features);
+      if (weight_slot >= 0 || (below && mask)) {
+        const scalar_t* layer_input = layer == 0 ? args.input : args.activation[layer - 1];
+        load_tile<scalar_t, Tile::kRows, W, LD>(in, layer_input, row0, args.rows, in_features);
+      }
+      __syncthreads();
+      if (bias_slot >= 0) accumulate_bias_grad<scalar_t, W, Tile::kRows, LD>(grad, slice + bias_slot, first);
+      if (weight_slot >= 0) {
+        if constexpr (Tile::kTensorCores) {
+          weight_grad_tensor_core<scalar_t, W>(grad, in, slice + weight_slot, first);
+        } else {
+          weight_grad_simt<scalar_t, W>(grad, in, slice + weight_slot, first);
+        }
+      }
+      if (!below) break;
+      scalar_t* grad_input = layer == 0 ? args.grad_input : nullptr;
+      if constexpr (Tile::kTensorCores) {
+        __syncthreads();  // every warp is done reading all rows of the gradient tile
+        const auto finish = [&](int tile_row, int col, float v) {
+          scalar_t value = static_cast<scalar_t>(v);
+          if (mask) value = relu_mask(value, in[tile_row * LD + col]);
+          return col < in_features ? value : scalar_t(0);
+        };
+        warp_rows_product<scalar_t, W, nvcuda::wmma::row_major>(grad, weights, stage, finish, grad_input, row0,
+                                                                 args.rows, in_features);
+      } else {
+        // Its own barrier, after its reads, keeps the gradient tile until every thread is done.
+        grad_below_simt<scalar_t, W>(grad, weights, in, in_features, mask, grad_input, row0, args.rows);
+      }
+    }
+  }
+}
+
+// The tensor-core bodies need sm_80 (bf16 wmma); the host never launches them on older GPUs,
+// and for such architectures only a trap is compiled.
+template <typename scalar_t>
+__device__ constexpr bool compiled_for_this_arch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  return !kIsReducedFloat<scalar_t>;
+#else
+  return true;
+#endif
+}
+
+template <typename scalar_t, int W>
+__global__ void __launch_bounds__(kThreads, (MlpTile<scalar_t, W>::kFwdMinBlocks)) mlp_fwd_kernel(const MlpFwdArgs<scalar_t> args) {
+  if constexpr (compiled_for_this_arch<scalar_t>()) {
+    mlp_fwd_tile<scalar_t, W>(args);
+  } else {
+    __trap();
+  }
+}
+
+template <typename scalar_t, int W>
+__global__ void __launch_bounds__(kThreads, (MlpTile<scalar_t, W>::kBwdMinBlocks)) mlp_bwd_kernel(const MlpBwdArgs<scalar_t> args) {
+  if constexpr (compiled_for_this_arch<scalar_t>()) {
+    mlp_bwd_tiles<scalar_t, W>(args);
+  } else {
+    __trap();
+  }
+}
+
+// grad[j][e] = sum over blocks p (in order) of partial_p[j][e], rounded once to the dtype.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kReduceThreads) mlp_grad_reduce_kernel(const MlpGradReduceArgs<scalar_t> args) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * kReduceThreads + threadIdx.x;
+  if (idx >= args.begin[args.count]) return;
+  int j = 0;
+  while (idx >= args.begin[j + 1]) ++j;
+  const int64_t local = idx - args.begin[j];
+  const int64_t r = local / args.cols[j], c = local % args.cols[j];
+  const acc_t* src = args.workspace + args.slot[j] + r * args.tile_width + c;
+  acc_t sum = acc_t(0);
+  for (int p = 0; p < args.partials; ++p) sum += src[p * args.workspace_stride];
+  args.dst[j][local] = static_cast<scalar_t>(sum);
+}
+
+// ---------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------
+
+int64_t tile_width(const at::Tensor& input, at::TensorList weights) {
+  int64_t widest = input.size(1);
+  for (const at::Tensor& w : weights) widest = std::max(widest, w.size(0));
+  int64_t width = 16;
+  while (width < widest) width *= 2;
+  return width;
+}
+
+template <typename Fn>
+void dispatch_tile_width(int64_t width, Fn&& fn) {
+  switch (width) {
+    case 16:
+      return fn(std::integral_constant<int, 16>{});
+    case 32:
+      return fn(std::integral_constant<int, 32>{});
+    case 64:
+      return fn(std::integral_constant<int, 64>{});
+    case 128:
+      return fn(std::integral_constant<int, 128>{});
+    default:
+      TORCH_CHECK(false, "mlp: no fused kernel for tile width ", width);
+  }
+}
+
+// Per kernel instantiation (each launcher owns one), per device: the one-time launch setup.
+struct KernelLaunchSetup {
+  std::once_flag done[C10_COMPILE_TIME_MAX_GPUS];
+  int blocks_per_sm[C10_COMPILE_TIME_MAX_GPUS] = {};
+};
+
+// Checks the current device can run `kernel` with `smem_bytes` of dynamic shared memory, opts
+// in above the default 48 KB, and returns how many blocks of it an SM holds (all once per device).
+int prepare_launch(const void* kernel, size_t smem_bytes, bool tensor_cores, const char* op,
+                   KernelLaunchSetup& setup) {
+  const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+  TORCH_CHECK(!tensor_cores || props->major >= 8, op,
+              ": the fused MLP kernels for float16 / bfloat16 use tensor cores of compute capability 8.0 or newer, "
+              "but ", props->name, " is ", props->major, ".", props->minor, "; FusedMLP runs the network layer by layer");
+  TORCH_CHECK(smem_bytes <= props->sharedMemPerBlockOptin, op, ": the fused MLP kernel for this dtype and width needs ",
+              smem_bytes, " bytes of shared memory per block, but ", props->name, " allows ",
+              props->sharedMemPerBlockOptin, "; FusedMLP runs the network layer by layer");
+  const c10::DeviceIndex device = c10::cuda::current_device();
+  std::call_once(setup.done[device], [&] {
+    if (smem_bytes > 48 * 1024) {
+      C10_CUDA_CHECK(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem_bytes)));
+    }
+    int blocks = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kThreads, smem_bytes));
+    TORCH_CHECK(blocks > 0, op, ": the fused MLP kernel does not fit an SM of ", props->name,
+                "; FusedMLP runs the network layer by layer");
+    setup.blocks_per_sm[device] = blocks;
+  });
+  return setup.blocks_per_sm[device];
+}
+
+template <typename scalar_t>
+MlpNetwork<scalar_t> network_args(const std::vector<at::Tensor>& weights, int64_t in_features) {
+  MlpNetwork<scalar_t> net{};
+  net.layers = static_cast<int32_t>(weights.size());
+  net.width[0] = static_cast<int32_t>(in_features);
+  for (size_t i = 0; i < weights.size(); ++i) {
+    net.weight[i] = weights[i].const_data_ptr<scalar_t>();
+    net.width[i + 1] = static_cast<int32_t>(weights[i].size(0));
+  }
+  return net;
+}
+
+template <typename scalar_t, int W>
+void launch_mlp_fwd(const MlpFwdArgs<scalar_t>& args) {
+  using Tile = MlpTile<scalar_t, W>;
+  static KernelLaunchSetup setup;
+  const int64_t blocks = ceil_div(args.rows, Tile::kRows);
+  TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "mlp_fwd: a batch of ", args.rows,
+              " rows needs too many thread blocks (", blocks, ")");
+  const auto kernel = mlp_fwd_kernel<scalar_t, W>;
+  prepare_launch(reinterpret_cast<const void*>(kernel), Tile::kFwdSmem, Tile::kTensorCores, "mlp_fwd", setup);
+  kernel<<<static_cast<unsigned int>(blocks), kThreads, Tile::kFwdSmem, at::cuda::getCurrentCUDAStream()>>>(args);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+std::vector<at::Tensor> contiguous_all(at::TensorList tensors) {
+  std::vector<at::Tensor> result;
+  result.reserve(tensors.size());
+  for (const at::Tensor& t : tensors) result.push_back(t.contiguous());
+  return result;
+}
+
+std::tuple<at::Tensor, std::vector<at::Tensor>> mlp_fwd_cuda(const at::Tensor& input, at::TensorList weights,
+                                                            at::TensorList biases) {
+  check_mlp_fwd_args(input, weights, biases);
+  TORCH_CHECK(input.is_cuda(), "mlp_fwd: expected CUDA tensors, got input on ", input.device());
+  check_fused_mlp_coverage("mlp_fwd", input, weights);
+  const c10::cuda::CUDAGuard device_guard(input.device());
+
+  const size_t layers = weights.size();
+  const int64_t M = input.size(0);
+  std::vector<at::Tensor> outputs;
+  outputs.reserve(layers);
+  for (const at::Tensor& w : weights) outputs.push_back(at::empty({M, w.size(0)}, input.options()));
+  at::Tensor output = outputs.back();
+  std::vector<at::Tensor> activations(outputs.begin(), outputs.end() - 1);
+  if (M == 0) return {output, activations};
+
+  const at::Tensor input_c = input.contiguous();
+  const std::vector<at::Tensor> weights_c = contiguous_all(weights);
+  const std::vector<at::Tensor> biases_c = contiguous_all(biases);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "mlp_fwd_cuda", [&] {
+    MlpFwdArgs<scalar_t> args{};
+    args.net = network_args<scalar_t>(weights_c, input.size(1));
+    for (size_t i = 0; i < layers; ++i) {
+      args.bias[i] = biases_c.empty() ? nullptr : biases_c[i].const_data_ptr<scalar_t>();
+      args.out[i] = outputs[i].mutable_data_ptr<scalar_t>();
+    }
+    args.input = input_c.const_data_ptr<scalar_t>();
+    args.rows = M;
+    dispatch_tile_width(tile_width(input, weights), [&](auto width) { launch_mlp_fwd<scalar_t, decltype(width)::value>(args); });
+  });
+  return {output, activations};
+}
+
+template <typename scalar_t, int W>
+void launch_mlp_bwd(MlpBwdArgs<scalar_t>& args, const std::vector<at::Tensor>& weight_grads,
+                    const std::vector<at::Tensor>& bias_grads, const at::TensorOptions& options) {
+  using Tile = MlpTile<scalar_t, W>;
+  using acc_t = typename Tile::acc_t;
+  static KernelLaunchSetup setup;
+  const int layers = args.net.layers;
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+
+  // Workspace slots (padded [W, W] and [W]) for the wanted parameter gradients only, and the
+  // list of gradients the reduction writes.
+  MlpGradReduceArgs<scalar_t> reduce{};
+  int64_t stride = 0;
+  for (int i = 0; i < layers; ++i) {
+    args.weight_slot[i] = args.bias_slot[i] = -1;
+    const bool want_weight = weight_grads[i].numel() > 0;
+    const bool want_bias = static_cast<size_t>(i) < bias_grads.size() && bias_grads[i].numel() > 0;
+    if (want_weight) {
+      args.weight_slot[i] = static_cast<int32_t>(stride);
+      reduce.dst[reduce.count] = weight_grads[i].mutable_data_ptr<scalar_t>();
+      reduce.slot[reduce.count] = args.weight_slot[i];
+      reduce.cols[reduce.count] = static_cast<int32_t>(weight_grads[i].size(1));
+      reduce.begin[reduce.count + 1] = reduce.begin[reduce.count] + weight_grads[i].numel();
+      ++reduce.count;
+      stride += W * W;
+    }
+    if (want_bias) {
+      args.bias_slot[i] = static_cast<int32_t>(stride);
+      reduce.dst[reduce.count] = bias_grads[i].mutable_data_ptr<scalar_t>();
+      reduce.slot[reduce.count] = args.bias_slot[i];
+      reduce.cols[reduce.count] = static_cast<int32_t>(bias_grads[i].numel());
+      reduce.begin[reduce.count + 1] = reduce.begin[reduce.count] + bias_grads[i].numel();
+      ++reduce.count;
+      stride += W;
+    }
+  }
+
+  const auto kernel = mlp_bwd_kernel<scalar_t, W>;
+  const int blocks_per_sm =
+      prepare_launch(reinterpret_cast<const void*>(kernel), Tile::kBwdSmem, Tile::kTensorCores, "mlp_bwd", setup);
+  // The persistent grid: as many blocks as fit the GPU at once, at most kMaxBwdBlocksPerSm per
+  // SM (bounding the workspace) and one per tile. It depends only on the batch size and the
+  // device, so the summation order of the weight and bias gradients does too.
+  const int64_t tiles = ceil_div(args.rows, Tile::kRows);
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t blocks = std::min(tiles, sms * std::min<int64_t>(blocks_per_sm, kMaxBwdBlocksPerSm));
+  at::Tensor workspace;
+  if (stride > 0) {
+    workspace = at::empty({blocks * stride}, options.dtype(c10::CppTypeToScalarType<acc_t>::value));
+    args.workspace = workspace.mutable_data_ptr<acc_t>();
+    args.workspace_stride = stride;
+  }
+  kernel<<<static_cast<unsigned int>(blocks), kThreads, Tile::kBwdSmem, stream>>>(args);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (reduce.count == 0) return;
+
+  reduce.workspace = args.workspace;
+  reduce.workspace_stride = stride;
+  reduce.partials = static_cast<int32_t>(blocks);
+  reduce.tile_width = W;
+  const int64_t total = reduce.begin[reduce.count];
+  mlp_grad_reduce_kernel<scalar_t>
+      <<<static_cast<unsigned int>(ceil_div(total, kReduceThreads)), kReduceThreads, 0, stream>>>(reduce);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Gradients of the layers whose flag is false come back as empty (numel 0) tensors, as does
+// grad_input when input_grad is false.
+std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_bwd_cuda(
+    const at::Tensor& grad_output, const at::Tensor& input, at::TensorList weights, at::TensorList activations,
+    bool input_grad, c10::List<bool> weight_grads, c10::List<bool> bias_grads) {
+  const std::vector<bool> weight_mask(weight_grads.begin(), weight_grads.end());
+  const std::vector<bool> bias_mask(bias_grads.begin(), bias_grads.end());
+  check_mlp_bwd_args(grad_output, input, weights, activations, weight_mask, bias_mask);
+  TORCH_CHECK(input.is_cuda(), "mlp_bwd: expected CUDA tensors, got input on ", input.device());
+  check_fused_mlp_coverage("mlp_bwd", input, weights);
+  const c10::cuda::CUDAGuard device_guard(input.device());
+
+  const int layers = static_cast<int>(weights.size());
+  const int64_t M = input.size(0);
+  const auto options = input.options();
+  // With no rows the wanted parameter gradients are sums over nothing: zeros.
+  const auto param_grad = [&](bool wanted, at::IntArrayRef shape) {
+    if (!wanted) return at::empty({0}, options);
+    return M == 0 ? at::zeros(shape, options) : at::empty(shape, options);
+  };
+  at::Tensor grad_input = input_grad ? at::empty({M, input.size(1)}, options) : at::empty({0}, options);
+  std::vector<at::Tensor> grad_weights, grad_biases;
+  int lowest_layer = input_grad ? 0 : layers;
+  for (int i = 0; i < layers; ++i) {
+    grad_weights.push_back(param_grad(weight_mask[i], weights[i].sizes()));
+    if (weight_mask[i]) lowest_layer = std::min(lowest_layer, i);
+  }
+  for (size_t i = 0; i < bias_mask.size(); ++i) {
+    grad_biases.push_back(param_grad(bias_mask[i], {weights[i].size(0)}));
+    if (bias_mask[i]) lowest_layer = std::min(lowest_layer, static_cast<int>(i));
+  }
+  if (M == 0 || lowest_layer == layers) return {grad_input, grad_weights, grad_biases};
+
+  const at::Tensor grad_output_c = grad_output.contiguous();
+  const at::Tensor input_c = input.contiguous();
+  const std::vector<at::Tensor> weights_c = contiguous_all(weights);
+  const std::vector<at::Tensor> activations_c = contiguous_all(activations);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "mlp_bwd_cuda", [&] {
+    MlpBwdArgs<scalar_t> args{};
+    args.net = network_args<scalar_t>(weights_c, input.size(1));
+    args.input = input_c.const_data_ptr<scalar_t>();
+    for (size_t i = 0; i < activations_c.size(); ++i) args.activation[i] = activations_c[i].const_data_ptr<scalar_t>();
+    args.grad_output = grad_output_c.const_data_ptr<scalar_t>();
+    args.grad_input = input_grad ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
+    args.lowest_layer = lowest_layer;
+    args.rows = M;
+    dispatch_tile_width(tile_width(input, weights), [&](auto width) {
+      launch_mlp_bwd<scalar_t, decltype(width)::value>(args, grad_weights, grad_biases, options);
+    });
+  });
+  return {grad_input, grad_weights, grad_biases};
+}
+
+}  // namespace
+}  // namespace fusedmlp
+
+TORCH_LIBRARY_IMPL(fusedmlp, CUDA, m) {
+  m.impl("mlp_fwd", &fusedmlp::mlp_fwd_cuda);
+  m.impl("mlp_bwd", &fusedmlp::mlp_bwd_cuda);
+}
