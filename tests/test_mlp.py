@@ -19,7 +19,9 @@ from fusedmlp.autograd.mlp import mlp as network_mlp
 from fusedmlp.ops import mlp as mlp_ops
 
 BACKEND_DEVICE = backend_device_params()
-NETWORK_BACKEND_DEVICE = [p for p in BACKEND_DEVICE if p.values[0] in mlp_ops.NETWORK_BACKENDS]
+NETWORK_BACKEND_DEVICE = [
+    p for p in BACKEND_DEVICE if p.values[0] in mlp_ops.NETWORK_BACKENDS + mlp_ops.FUSED_KERNEL_BACKENDS
+]
 
 
 class NeuralNetwork(torch.nn.Module):

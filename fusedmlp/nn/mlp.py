@@ -23,7 +23,7 @@ from fusedmlp import functional as F
 from fusedmlp._backend import check_backend_name, resolve_backend
 from fusedmlp.autograd.mlp import mlp
 from fusedmlp.nn.linear import FusedLinear
-from fusedmlp.ops.mlp import NETWORK_BACKENDS
+from fusedmlp.ops.mlp import FUSED_KERNEL_BACKENDS, NETWORK_BACKENDS, fused_kernel_uncovered_reason
 
 __all__ = ["FusedMLP"]
 
@@ -41,9 +41,11 @@ class FusedMLP(nn.Module):
 
     ``backend``: "auto", "cpu", "cuda", "triton" or "torch" (see ``fusedmlp.available_backends``).
     ``fuse_network``: None (default) runs the whole network as one op per direction when the
-    resolved backend has one ("cpu", "torch") and layer by layer otherwise; True requires the
-    whole-network op (RuntimeError at call time where there is none); False always runs layer
-    by layer. ``model.path(device)`` / ``repr(model)`` say which path runs.
+    resolved backend has one for this network ("cpu" and "torch": any network; "cuda" and
+    "triton": a fully fused kernel for widths <= 128 and <= 8 layers) and layer by layer
+    otherwise; True requires the whole-network op (RuntimeError at call time, saying why,
+    where there is none); False always runs layer by layer. ``model.path(device)`` /
+    ``repr(model)`` say which path runs.
     """
 
     def __init__(
@@ -67,10 +69,10 @@ class FusedMLP(nn.Module):
         if fuse_network not in (None, True, False):
             raise ValueError(f"FusedMLP: fuse_network must be None, True or False, got {fuse_network!r}")
         check_backend_name(backend)
-        if fuse_network and backend not in ("auto",) + NETWORK_BACKENDS:
+        if fuse_network and backend not in ("auto",) + NETWORK_BACKENDS + FUSED_KERNEL_BACKENDS:
             raise ValueError(
-                f"FusedMLP: fuse_network=True needs a backend with a whole-network op {NETWORK_BACKENDS}, "
-                f"got backend={backend!r}"
+                f"FusedMLP: fuse_network=True needs a backend with a whole-network op "
+                f"{NETWORK_BACKENDS + FUSED_KERNEL_BACKENDS}, got backend={backend!r}"
             )
         self.num_inputs, self.num_outputs, self.hidden_sizes = num_inputs, num_outputs, hidden_sizes
         self.fuse_network = fuse_network
@@ -97,22 +99,28 @@ class FusedMLP(nn.Module):
         # Slicing the Sequential itself would build a new Sequential on every forward.
         return list(self.layers._modules.values())[0::2]
 
-    def _resolve(self, device: torch.device) -> tuple[str, bool]:
+    def _resolve(self, device: torch.device, dtype: torch.dtype) -> tuple[str, bool]:
         """(concrete backend, whether the whole-network op runs) for tensors on `device`."""
         backend = resolve_backend(self._backend, device)
-        has_network_op = backend in NETWORK_BACKENDS
-        if self.fuse_network and not has_network_op:
+        if backend in NETWORK_BACKENDS:
+            why_not = None
+        else:
+            widths = (self.num_inputs, *self.hidden_sizes, self.num_outputs)
+            why_not = fused_kernel_uncovered_reason(backend, widths, dtype)
+        if self.fuse_network and why_not is not None:
             raise RuntimeError(
-                f"FusedMLP: fuse_network=True but backend {backend!r} has no whole-network op "
-                f"(those are {NETWORK_BACKENDS}); set fuse_network=None or False to run layer by layer"
+                f"FusedMLP: fuse_network=True but there is no whole-network op for this network on backend "
+                f"{backend!r}: {why_not}; set fuse_network=None or False to run layer by layer"
             )
-        return backend, has_network_op and self.fuse_network is not False
+        return backend, why_not is None and self.fuse_network is not False
 
     def path(self, device: Optional[torch.device | str] = None) -> str:
         """Which path a forward on `device` (default: the parameters' device) takes, e.g.
-        ``"network:cpu"`` (one op per direction) or ``"layers:triton"`` (layer by layer)."""
-        device = torch.device(device) if device is not None else self.layers[0].weight.device
-        backend, fused = self._resolve(device)
+        ``"network:cpu"`` (one op per direction), ``"network:cuda"`` (the fully fused kernel)
+        or ``"layers:triton"`` (layer by layer)."""
+        first = self.layers[0].weight
+        device = torch.device(device) if device is not None else first.device
+        backend, fused = self._resolve(device, first.dtype)
         return f"{'network' if fused else 'layers'}:{backend}"
 
     def forward(self, input: Tensor) -> Tensor:
@@ -129,7 +137,7 @@ class FusedMLP(nn.Module):
             raise RuntimeError(
                 f"FusedMLP: expected input on {first.device} (the parameters' device), got {input.device}"
             )
-        backend, fused = self._resolve(input.device)
+        backend, fused = self._resolve(input.device, input.dtype)
         # Like nn.Linear: leading batch dims (or none, for a 1-D input) fold into the GEMMs' rows.
         # A 2-D input goes in as it is: a reshape would add an autograd node per step.
         batched = input.dim() == 2

@@ -1,7 +1,7 @@
 """The whole MLP (Linear, ReLU, ..., Linear) as one registered operator per direction.
 
-- ``torch.ops.fusedmlp.mlp_fwd`` / ``mlp_bwd``: C++ kernels (CPU dispatch key; a whole-network
-  GPU kernel does not exist yet, so CUDA tensors go through the per-layer Linear+ReLU ops).
+- ``torch.ops.fusedmlp.mlp_fwd`` / ``mlp_bwd``: C++ kernels: CPU (any network) and CUDA (the
+  fully fused kernel of csrc/cuda/mlp.cu, for networks of widths <= 128 and <= 8 layers).
 - ``torch.ops.fusedmlp.mlp``: the differentiable forward (autograd in C++, backward = mlp_bwd).
 - ``mlp_*_torch``: the plain-PyTorch reference ("torch" backend), built from ATen ops.
 
@@ -17,11 +17,38 @@ from torch import Tensor
 
 from fusedmlp._backend import HAS_EXTENSION
 
-# Backends with a whole-network op; the others run FusedMLP layer by layer.
+# Backends whose whole-network op takes any network.
 NETWORK_BACKENDS = ("cpu", "torch")
-# Of those, the ones whose kernels are C++: their differentiable op ``torch.ops.fusedmlp.mlp``
-# has its autograd in C++ too (csrc/autograd/mlp.cpp); the others go through MLPFunction.
-CPP_AUTOGRAD_BACKENDS = ("cpu",)
+# Backends whose whole-network op is a fully fused GPU kernel (activations kept on chip), for
+# the networks it covers (see fused_kernel_uncovered_reason); FusedMLP runs the others layer
+# by layer.
+FUSED_KERNEL_BACKENDS = ("cuda",)
+# The ones whose kernels are C++: their differentiable op ``torch.ops.fusedmlp.mlp`` has its
+# autograd in C++ too (csrc/autograd/mlp.cpp); the others go through MLPFunction.
+CPP_AUTOGRAD_BACKENDS = ("cpu", "cuda")
+
+# The fused kernels' limits (csrc/include/fusedmlp/mlp.h): every width padded to a tile of at
+# most MAX_FUSED_WIDTH, at most MAX_FUSED_LAYERS layers.
+MAX_FUSED_WIDTH = 128
+MAX_FUSED_LAYERS = 8
+_FUSED_KERNEL_DTYPES = {"cuda": (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+
+
+def fused_kernel_uncovered_reason(backend: str, widths: Sequence[int], dtype: torch.dtype) -> Optional[str]:
+    """None when `backend`'s fused whole-network kernel covers a network of these widths
+    (inputs, hidden..., outputs) and dtype; otherwise why not."""
+    if backend not in FUSED_KERNEL_BACKENDS:
+        return f"backend {backend!r} has no fused whole-network kernel"
+    if len(widths) - 1 > MAX_FUSED_LAYERS:
+        return f"the fused kernel covers at most {MAX_FUSED_LAYERS} layers, the network has {len(widths) - 1}"
+    if max(widths) > MAX_FUSED_WIDTH:
+        return f"the fused kernel covers widths up to {MAX_FUSED_WIDTH}, the network has {max(widths)}"
+    if dtype not in _FUSED_KERNEL_DTYPES[backend]:
+        return f"the fused {backend} kernel does not support {dtype}"
+    if backend == "cuda" and dtype == torch.float64 and max(widths) > 64:
+        # fp64 at tile width 128 needs ~194 KB of shared memory per block in backward.
+        return "the fused cuda kernel covers float64 networks up to width 64"
+    return None
 
 
 def _check_layer(i: int, input: Tensor, width: int, weight: Tensor, bias: Optional[Tensor]) -> None:
@@ -167,7 +194,7 @@ def mlp_fwd(
 ) -> tuple[Tensor, list[Tensor]]:
     """(output, hidden activations) of the whole MLP for a 2-D input, on a backend in NETWORK_BACKENDS.
     `biases` holds one bias per weight, or none at all."""
-    if backend == "cpu":
+    if backend in ("cpu", "cuda"):
         return torch.ops.fusedmlp.mlp_fwd(input, weights, biases)
     if backend == "torch":
         return mlp_fwd_torch(input, weights, biases)
@@ -186,7 +213,7 @@ def mlp_bwd(
 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
     """(grad_input, grad_weights, grad_biases); entries not asked for are empty tensors."""
     args = (grad_output, input, weights, activations, input_grad, weight_grads, bias_grads)
-    if backend == "cpu":
+    if backend in ("cpu", "cuda"):
         return torch.ops.fusedmlp.mlp_bwd(*args)
     if backend == "torch":
         return mlp_bwd_torch(*args)
