@@ -7,6 +7,7 @@ as module constants keeps backend choice free of Python side effects under torch
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
@@ -97,3 +98,12 @@ def check_backend_name(backend: str) -> str:
     if backend != "auto" and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {('auto',) + BACKENDS}")
     return backend
+
+
+def below_autograd():
+    """Context for calling a registered op from inside an autograd.Function's forward: skips the
+    op's own (Python) autograd kernel, which would only redispatch there at a cost comparable to
+    a tiny kernel. Under torch.compile (which cannot trace the guard) it does nothing."""
+    if torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return torch._C._AutoDispatchBelowAutograd()

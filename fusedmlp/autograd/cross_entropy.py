@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from fusedmlp._backend import HAS_EXTENSION, HAS_TRITON
+from fusedmlp._backend import HAS_EXTENSION, HAS_TRITON, below_autograd
 from fusedmlp.ops import cross_entropy as ops
 
 REDUCTIONS = ("none", "mean", "sum")
@@ -66,15 +66,16 @@ class CrossEntropyFunction(torch.autograd.Function):
             mean_denominator(target, weight, ignore_index, logits.shape[1], acc) if reduction == "mean" else None
         )
         grad_scale = None if denominator is None else (1 / denominator).reshape(1)
-        if inplace_backward:
-            loss_rows = ops.cross_entropy_fwd_inplace(
-                logits, target, weight, ignore_index, label_smoothing, grad_scale, backend
-            )
-            grad = logits
-        else:
-            loss_rows, grad = ops.cross_entropy_fwd(
-                logits, target, weight, ignore_index, label_smoothing, grad_scale, compute_grad, backend
-            )
+        with below_autograd():
+            if inplace_backward:
+                loss_rows = ops.cross_entropy_fwd_inplace(
+                    logits, target, weight, ignore_index, label_smoothing, grad_scale, backend
+                )
+                grad = logits
+            else:
+                loss_rows, grad = ops.cross_entropy_fwd(
+                    logits, target, weight, ignore_index, label_smoothing, grad_scale, compute_grad, backend
+                )
         if reduction == "none":
             loss = loss_rows
         elif reduction == "sum":

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from fusedmlp._backend import HAS_EXTENSION, HAS_TRITON
+from fusedmlp._backend import HAS_EXTENSION, HAS_TRITON, below_autograd
 from fusedmlp.ops import linear_relu as ops
 
 
@@ -55,7 +55,8 @@ class LinearReLUFunction(torch.autograd.Function):
     # arguments through inspect.signature, which cost more than the kernel on small layers.
     @staticmethod
     def forward(ctx, input: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool, backend: str) -> Tensor:
-        output = ops.linear_relu_fwd(input, weight, bias, relu, backend)
+        with below_autograd():
+            output = ops.linear_relu_fwd(input, weight, bias, relu, backend)
         ctx.backend = backend
         _setup_context(ctx, input, weight, bias, relu, output)
         return output
