@@ -65,7 +65,7 @@ AOT_ARCHS = (80, 90)
 # (printed with TRITON_DUMP_PTXAS_LOG=1) gives the spill counts: CompiledKernel.n_spills is only
 # filled in when a binary is loaded onto a GPU.
 _AOT_SCRIPT = textwrap.dedent(r"""
-    import contextlib, importlib, io, json, re, subprocess, sys, tempfile
+    import contextlib, importlib, io, json, re, subprocess, sys, tempfile, time
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -92,6 +92,7 @@ _AOT_SCRIPT = textwrap.dedent(r"""
         row = {k: spec.get(k) for k in ("kernel", "dtype", "variant", "layout", "config", "num_warps", "num_stages")}
         row["arch"] = cap
         buf = io.StringIO()
+        start = time.monotonic()
         try:
             src = ASTSource(fn=spec["fn"], signature=spec["signature"], constexprs=spec["constexprs"],
                             attrs=spec["attrs"])
@@ -109,9 +110,9 @@ _AOT_SCRIPT = textwrap.dedent(r"""
             log = ptxas_log_fallback(ptx, cap)
         spills = [int(s) + int(l) for s, l in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)]
         regs = [int(r) for r in re.findall(r"Used (\d+) registers", log)]
-        row.update(spills=sum(spills) if spills else None, registers=max(regs) if regs else None,
-                   shared=compiled.metadata.shared, wgmma="wgmma.mma_async" in ptx,
-                   mma_sync="mma.sync" in ptx)
+        row.update(compile_s=round(time.monotonic() - start, 1), spills=sum(spills) if spills else None,
+                   registers=max(regs) if regs else None, shared=compiled.metadata.shared,
+                   wgmma="wgmma.mma_async" in ptx, mma_sync="mma.sync" in ptx)
         results.append(row)
     json.dump(results, open(report_path, "w"), indent=1)
 """)
@@ -121,7 +122,7 @@ def run_triton_aot(module_name: str, tmp_path, shards: int = 2, timeout: float =
     """Compiles every spec of `module_name`'s aot_compile_specs() for AOT_ARCHS in `shards`
     parallel subprocesses (one per CI core) and returns one row per spec x arch: the spec's
     kernel/dtype/variant/layout/config/num_warps/num_stages, arch, and either `error` or
-    spills (bytes, None when ptxas gave no report), registers, shared, wgmma, mma_sync."""
+    spills (bytes, None when ptxas gave no report), registers, shared, wgmma, mma_sync, compile_s."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.update(TRITON_CACHE_DIR=str(tmp_path / "cache"), TRITON_DUMP_PTXAS_LOG="1")
     archs = ",".join(map(str, AOT_ARCHS))
@@ -133,10 +134,16 @@ def run_triton_aot(module_name: str, tmp_path, shards: int = 2, timeout: float =
             (report, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         )
     rows = []
-    for report, proc in procs:
-        out, _ = proc.communicate(timeout=timeout)
-        assert proc.returncode == 0, f"AOT compile script failed:\n{out[-8000:]}"
-        rows += json.loads(report.read_text())
+    try:
+        for report, proc in procs:
+            out, _ = proc.communicate(timeout=timeout)
+            assert proc.returncode == 0, f"AOT compile script failed:\n{out[-8000:]}"
+            rows += json.loads(report.read_text())
+    finally:
+        for _, proc in procs:  # a timeout or failure must not leave compilers running
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert rows, f"no AOT specs compiled for {module_name}"
     (tmp_path / "report.json").write_text(json.dumps(rows, indent=1))
     return rows
