@@ -124,10 +124,20 @@ def _padded_width(widths: Sequence[int]) -> int:
 
 
 @triton.jit
-def _load_rows(ptr, rows, cols, row_in, num_cols, stride_r, stride_c):
-    # [BLOCK_M, W] tile of an [M, num_cols] matrix; rows past M and padded columns read 0.
+def _load_rows(ptr, row0, rows, cols, row_in, num_cols, stride_r, stride_c):
+    # [BLOCK_M, W] tile of an [M, num_cols] matrix from row row0 on; rows past M and padded
+    # columns read 0. The tile's base is an int64 scalar and the offsets inside it are int32
+    # (the launcher guarantees they fit): a tile of int64 offsets would double the registers.
     mask = row_in[:, None] & (cols[None, :] < num_cols)
-    return tl.load(ptr + rows[:, None] * stride_r + cols[None, :] * stride_c, mask=mask, other=0.0)
+    base = ptr + row0 * stride_r
+    return tl.load(base + rows[:, None] * stride_r + cols[None, :] * stride_c, mask=mask, other=0.0)
+
+
+@triton.jit
+def _store_rows(ptr, row0, rows, cols, row_in, num_cols, value):
+    # Stores a [BLOCK_M, W] tile into a contiguous [M, num_cols] matrix (padding masked off).
+    mask = row_in[:, None] & (cols[None, :] < num_cols)
+    tl.store(ptr + row0 * num_cols + rows[:, None] * num_cols + cols[None, :], value, mask=mask)
 
 
 @triton.jit
@@ -136,6 +146,35 @@ def _load_weight(entry, cols, k_in, k_out, elem_ty):
     w_ptr = tl.load(entry + 0).to(tl.pointer_type(elem_ty))
     mask = (cols[:, None] < k_out) & (cols[None, :] < k_in)
     return tl.load(w_ptr + cols[:, None] * k_in + cols[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _threshold_backward(g, act):
+    # aten threshold_backward(g, act, 0): 0 where act <= 0, else g (so NaN activations pass).
+    # Written with integer bit masks instead of tl.where: the compiler hoists the shared-memory
+    # copy of g (a dot operand) above the select, and a select's 1-bit condition cannot live in
+    # shared memory ("element type bit width must be a multiple of 8" on sm_80 and sm_90).
+    if act.dtype == tl.float16:
+        int_ty: tl.constexpr = tl.int16
+        inf_bits: tl.constexpr = 0x7C00
+    elif act.dtype == tl.bfloat16:
+        int_ty: tl.constexpr = tl.int16
+        inf_bits: tl.constexpr = 0x7F80
+    elif act.dtype == tl.float32:
+        int_ty: tl.constexpr = tl.int32
+        inf_bits: tl.constexpr = 0x7F800000
+    else:
+        int_ty: tl.constexpr = tl.int64
+        inf_bits: tl.constexpr = 0x7FF0000000000000
+    sign_shift = tl.cast(int_ty.primitive_bitwidth - 1, int_ty)
+    bits = act.to(int_ty, bitcast=True)
+    magnitude = bits & tl.cast(inf_bits | (inf_bits - 1), int_ty)  # every bit but the sign
+    # Arithmetic shifts of the sign bit: all ones where the condition holds, else zero.
+    negative = bits >> sign_shift
+    nan = (tl.cast(inf_bits, int_ty) - magnitude) >> sign_shift
+    zero = (magnitude - tl.cast(1, int_ty)) >> sign_shift
+    blocked = (negative & ~nan) | zero
+    return (g.to(int_ty, bitcast=True) & ~blocked).to(g.dtype, bitcast=True)
 
 
 @triton.jit
@@ -154,14 +193,15 @@ def _mlp_fwd_kernel(
     # One program per BLOCK_M-row tile; the tile stays in registers through every layer.
     pid = tl.program_id(0).to(tl.int64)
     elem_ty = x_ptr.dtype.element_ty
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-    row_in = rows < M
+    row0 = pid * BLOCK_M
+    rows = tl.arange(0, BLOCK_M)
+    row_in = rows < tl.minimum(M - row0, BLOCK_M).to(tl.int32)
     cols = tl.arange(0, W)
-    h = _load_rows(x_ptr, rows, cols, row_in, tl.load(table_ptr + 2), stride_xm, stride_xk)
+    h = _load_rows(x_ptr, row0, rows, cols, row_in, tl.load(table_ptr + 2).to(tl.int32), stride_xm, stride_xk)
     for i in range(0, num_layers):
         entry = table_ptr + i * TABLE_STRIDE
-        k_in = tl.load(entry + 2)
-        k_out = tl.load(entry + 3)
+        k_in = tl.load(entry + 2).to(tl.int32)
+        k_out = tl.load(entry + 3).to(tl.int32)
         w = _load_weight(entry, cols, k_in, k_out, elem_ty)
         # "ieee": for fp32 this forbids TF32 (torch's fp32 matmul does not use it by default);
         # for fp16/bf16/fp64 it is the only precision anyway.
@@ -175,8 +215,7 @@ def _mlp_fwd_kernel(
         # Rounded to the dtype here, like nn.Sequential, before it feeds the next layer.
         h = acc.to(elem_ty)
         out_ptr = tl.load(entry + 4).to(tl.pointer_type(elem_ty))
-        mask = row_in[:, None] & (cols[None, :] < k_out)
-        tl.store(out_ptr + rows[:, None] * k_out + cols[None, :], h, mask=mask)
+        _store_rows(out_ptr, row0, rows, cols, row_in, k_out, h)
 
 
 @triton.jit
@@ -212,23 +251,24 @@ def _mlp_bwd_kernel(
     elem_ty = x_ptr.dtype.element_ty
     cols = tl.arange(0, W)
     ws = ws_ptr + pid * ws_stride
-    k_last = tl.load(table_ptr + (num_layers - 1) * TABLE_STRIDE + 3)
+    k_last = tl.load(table_ptr + (num_layers - 1) * TABLE_STRIDE + 3).to(tl.int32)
+    rows = tl.arange(0, BLOCK_M)
     for tile in range(pid, num_tiles, num_programs):
         # The program's first tile overwrites its slice instead of adding to it.
         accumulate = tile != pid
-        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M).to(tl.int64)
-        row_in = rows < M
-        g = _load_rows(grad_out_ptr, rows, cols, row_in, k_last, stride_gm, stride_gn)
+        row0 = tile * BLOCK_M
+        row_in = rows < tl.minimum(M - row0, BLOCK_M).to(tl.int32)
+        g = _load_rows(grad_out_ptr, row0, rows, cols, row_in, k_last, stride_gm, stride_gn)
         for j in range(0, num_layers - lowest_layer):
             i = num_layers - 1 - j
             entry = table_ptr + i * TABLE_STRIDE
-            k_in = tl.load(entry + 2)
-            k_out = tl.load(entry + 3)
+            k_in = tl.load(entry + 2).to(tl.int32)
+            k_out = tl.load(entry + 3).to(tl.int32)
             if i + 1 < num_layers:
                 # threshold_backward(g, h, 0): `h <= 0` blocks, so a NaN activation passes.
                 act_ptr = tl.load(entry + 4).to(tl.pointer_type(elem_ty))
-                act = _load_rows(act_ptr, rows, cols, row_in, k_out, k_out, 1)
-                g = tl.where(act <= 0, 0.0, g)
+                act = _load_rows(act_ptr, row0, rows, cols, row_in, k_out, k_out, 1)
+                g = _threshold_backward(g, act)
             ws_dw = ws + tl.load(entry + 8)
             if tl.load(entry + 10) > 0:
                 db_ptrs = ws_dw + k_out * k_in + cols
@@ -237,15 +277,16 @@ def _mlp_bwd_kernel(
                 tl.store(db_ptrs, db, mask=db_mask)
             if tl.load(entry + 9) > 0:
                 if i == 0:
-                    a_in = _load_rows(x_ptr, rows, cols, row_in, k_in, stride_xm, stride_xk)
+                    a_in = _load_rows(x_ptr, row0, rows, cols, row_in, k_in, stride_xm, stride_xk)
                 else:
                     in_ptr = tl.load(entry + 5).to(tl.pointer_type(elem_ty))
-                    a_in = _load_rows(in_ptr, rows, cols, row_in, k_in, k_in, 1)
-                dw_ptrs = ws_dw + cols[:, None] * k_in + cols[None, :]
-                dw_mask = (cols[:, None] < k_out) & (cols[None, :] < k_in)
-                dw = tl.load(dw_ptrs, mask=dw_mask & accumulate, other=0.0)
-                dw = tl.dot(tl.trans(g), a_in, dw, input_precision="ieee")  # ieee: see forward
-                tl.store(dw_ptrs, dw, mask=dw_mask)
+                    a_in = _load_rows(in_ptr, row0, rows, cols, row_in, k_in, k_in, 1)
+                # dW_i.T = h_i.T @ g, addressed as the transpose of the [k_out, k_in] slice.
+                dwt_ptrs = ws_dw + cols[None, :] * k_in + cols[:, None]
+                dwt_mask = (cols[None, :] < k_out) & (cols[:, None] < k_in)
+                dwt = tl.load(dwt_ptrs, mask=dwt_mask & accumulate, other=0.0)
+                dwt = tl.dot(tl.trans(a_in), g, dwt, input_precision="ieee")  # ieee: see forward
+                tl.store(dwt_ptrs, dwt, mask=dwt_mask)
             if i >= propagate_from:
                 w = _load_weight(entry, cols, k_in, k_out, elem_ty)
                 acc = tl.dot(g, w, tl.zeros((BLOCK_M, W), dtype=ACC_DTYPE), input_precision="ieee")
@@ -253,9 +294,7 @@ def _mlp_bwd_kernel(
                 g = acc.to(elem_ty)
         if INPUT_GRAD:
             # The loop ended at layer 0, so g is now the input gradient.
-            k_first = tl.load(table_ptr + 2)
-            mask = row_in[:, None] & (cols[None, :] < k_first)
-            tl.store(grad_in_ptr + rows[:, None] * k_first + cols[None, :], g, mask=mask)
+            _store_rows(grad_in_ptr, row0, rows, cols, row_in, tl.load(table_ptr + 2).to(tl.int32), g)
 
 
 @triton.jit
@@ -363,6 +402,14 @@ def _to_device_table(entries: list[int], device: torch.device) -> Tensor:
     return host
 
 
+def _int32_tile_offsets(t: Tensor, block_m: int, width: int) -> Tensor:
+    """`t` itself when the element offsets inside one [block_m, width] tile fit in int32 (the
+    kernels index tiles that way), else a contiguous copy (row stride <= MAX_WIDTH)."""
+    if (block_m - 1) * abs(t.stride(0)) + (width - 1) * abs(t.stride(1)) < 2**31:
+        return t
+    return t.contiguous()
+
+
 def _table_entry(
     k_in: int,
     k_out: int,
@@ -411,6 +458,7 @@ def mlp_fwd_triton(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Te
         widths = [input.shape[1]] + [w.shape[0] for w in weights]
         width = _padded_width(widths)
         block_m, num_warps = _tile("fwd", input.dtype, width)
+        input = _int32_tile_offsets(input, block_m, width)
         entries = []
         for i, (w, out) in enumerate(zip(weights, outputs)):
             entries += _table_entry(widths[i], widths[i + 1], w, biases[i] if biases else None, out)
@@ -478,6 +526,8 @@ def mlp_bwd_triton(
     activations = [a.contiguous() for a in activations]
     width = _padded_width(widths)
     block_m, num_warps = _tile("bwd", input.dtype, width)
+    input = _int32_tile_offsets(input, block_m, width)
+    grad_output = _int32_tile_offsets(grad_output, block_m, width)
     num_tiles = triton.cdiv(M, block_m)
     if input.device.type == "cuda":
         num_programs = min(num_tiles, PROGRAMS_PER_SM * _sm_count(input.device.index))
