@@ -382,20 +382,38 @@ class TestAOTCompile:
         assert widths == {(k, d, w) for k in network_kernels for d in dtypes for w in (16, 32, 64, 128)}
 
     def test_no_register_spills(self, aot_report):
+        """No spills, except the (kernel, dtype, width) triples tk.KNOWN_SPILLS documents; those
+        must still spill, so the list stays true."""
         rows = [r for r in aot_report if "error" not in r]
         unknown = [_label(r) for r in rows if r["spills"] is None]
         assert not unknown, "no ptxas spill report for:\n" + "\n".join(unknown)
-        spilled = [f"{_label(r)}: {r['spills']} bytes spilled, {r['registers']} regs" for r in rows if r["spills"]]
+
+        def known(r):
+            return (r["kernel"], r["dtype"], r["config"].get("W")) in tk.KNOWN_SPILLS
+
+        spilled = [
+            f"{_label(r)}: {r['spills']} bytes spilled, {r['registers']} regs"
+            for r in rows
+            if r["spills"] and not known(r)
+        ]
         assert not spilled, "\n".join(spilled)
+        for triple in tk.KNOWN_SPILLS:
+            assert any(r["spills"] for r in rows if (r["kernel"], r["dtype"], r["config"].get("W")) == triple), triple
 
     def test_tensor_core_instructions(self, aot_report):
-        # Every dot of the network kernels: fp16/bf16 and fp64 (DMMA) lower to tensor-core
-        # instructions, fp32 with input_precision="ieee" must not (that would be TF32).
+        """What Triton emits: fp16/bf16 and fp64 dots use tensor cores (mma.sync; on sm_90 also
+        wgmma for fp16/bf16 when a dot has >= 64 rows and 4+ warps), fp32 dots with
+        input_precision="ieee" never do (that would be TF32)."""
         for r in aot_report:
             if "error" in r or r["kernel"] == "_mlp_grad_reduce_kernel":
                 continue
-            tensor_core = r["mma_sync"] or r["wgmma"]
             if r["dtype"] == "float32":
-                assert not tensor_core, _label(r)
+                assert not (r["mma_sync"] or r["wgmma"]), _label(r)
+            elif r["arch"] == 80 or r["dtype"] == "float64":
+                assert r["mma_sync"] and not r["wgmma"], _label(r)
             else:
-                assert tensor_core, _label(r)
+                assert r["mma_sync"] or r["wgmma"], _label(r)
+                if r["config"]["BLOCK_M"] >= 64 and r["num_warps"] >= 4:
+                    assert r["wgmma"], _label(r)
+        for dtype in ("float16", "bfloat16"):
+            assert any(r["wgmma"] for r in aot_report if r["arch"] == 90 and r["dtype"] == dtype)

@@ -17,8 +17,8 @@ a tile of BLOCK_M rows and keeps it in registers through all layers; weights are
 tile (at most 32 KiB per layer in fp16; they stay in L1/L2).
 
 Layers are a runtime loop, not unrolled: the compiled code (and its compile time, which for
-the FMA dots of fp32/fp64 at W = 128 is minutes per unrolled layer) does not grow with the
-depth, and one binary per (dtype, W, BLOCK_M, flags) serves every depth up to MAX_LAYERS.
+the FMA dots of fp32 at W = 128 was ~30 s per unrolled layer) does not grow with the depth,
+and one binary per (dtype, W, BLOCK_M, flags) serves every depth up to MAX_LAYERS.
 Per-layer pointers and dims come from one int64 table built on the host (copied to the device
 in one asynchronous transfer from pinned memory), TABLE_STRIDE entries per layer:
 
@@ -33,8 +33,9 @@ in one asynchronous transfer from pinned memory), TABLE_STRIDE entries per layer
 Backward, deterministic without atomics: a persistent grid of P programs; program p walks the
 tiles p, p + P, ... and accumulates dW/db of every wanted layer in its own fp32 (fp64 for
 fp64) workspace slice with plain load-add-store (the first tile stores without loading, so
-the workspace needs no zeroing). `_mlp_grad_reduce_kernel` then sums the P slices in order
-p = 0 .. P-1 and writes the gradients in the parameter dtype. Workspace: P x (number of
+the workspace needs no zeroing; dW_i.T = h_i.T @ g is formed in [DW_CHUNK, W] chunks to bound
+registers). `_mlp_grad_reduce_kernel` then sums the P slices in order p = 0 .. P-1 and
+writes the gradients in the parameter dtype. Workspace: P x (number of
 parameters) accumulators with P <= PROGRAMS_PER_SM x SM count: bounded by the network, not M.
 """
 
@@ -56,6 +57,7 @@ __all__ = [
     "covers",
     "uncovered_reason",
     "KERNELS",
+    "KNOWN_SPILLS",
     "MAX_LAYERS",
     "MAX_WIDTH",
     "SUPPORTED_DTYPES",
@@ -79,26 +81,30 @@ INTERPRET_PROGRAMS = 3
 # gradient into several blocks.
 REDUCE_BLOCK = 4096 if INTERPRET else 1024
 
-# (BLOCK_M, num_warps) per dtype family and padded width, forward and backward. fp16/bf16
-# dots run on tensor cores; fp32 ("ieee", no TF32) and fp64 are FMA dots whose accumulators
-# take 1 and 2 registers per element, so their row tiles shrink as W grows. Backward holds
-# more tiles at once (g, the activation mask, the layer input, W_i and a [W, W] dW
-# accumulator), hence its smaller row tiles and 8 warps at W = 128. Checked for register
-# spills by the AOT test (tests/test_triton_mlp_kernels.py).
+# Forward (BLOCK_M, num_warps) and backward (BLOCK_M, num_warps, DW_CHUNK) per dtype family
+# and padded width. fp16/bf16 dots run on tensor cores; fp32 ("ieee", no TF32) dots are FMA
+# loops that hold whole operand rows in registers, and fp64 accumulators take 2 registers per
+# element, so their row tiles shrink as W grows. Backward holds more at once (g, W_i, the
+# layer input, a [DW_CHUNK, W] slice of the weight gradient), hence smaller tiles. Every entry
+# is compiled for sm_80 and sm_90 by the AOT test, which fails on any register spill.
 _GPU_TILES = {
     "fwd": {
         "tensor_core": {16: (128, 4), 32: (128, 4), 64: (128, 4), 128: (64, 4)},
-        "fp32": {16: (128, 4), 32: (64, 4), 64: (64, 4), 128: (32, 8)},
+        "fp32": {16: (128, 4), 32: (64, 4), 64: (64, 4), 128: (16, 8)},
         "fp64": {16: (64, 4), 32: (32, 4), 64: (32, 4), 128: (16, 8)},
     },
     "bwd": {
-        "tensor_core": {16: (128, 4), 32: (128, 4), 64: (64, 4), 128: (64, 8)},
-        "fp32": {16: (64, 4), 32: (64, 4), 64: (32, 4), 128: (32, 8)},
-        "fp64": {16: (32, 4), 32: (32, 4), 64: (16, 4), 128: (16, 8)},
+        "tensor_core": {16: (128, 4, 16), 32: (64, 4, 32), 64: (64, 8, 16), 128: (16, 8, 16)},
+        "fp32": {16: (32, 4, 16), 32: (16, 8, 16), 64: (16, 8, 16), 128: (16, 16, 16)},
+        "fp64": {16: (32, 4, 16), 32: (16, 4, 16), 64: (16, 8, 16), 128: (16, 8, 16)},
     },
 }
-# 16-row tiles keep the interpreter fast and let tiny batches hit BLOCK-1/BLOCK/BLOCK+1.
-_INTERPRET_TILE = (16, 1)
+# Backward at W = 128 in fp32 and fp64 spills registers with every tile tried (BLOCK_M 16,
+# 4/8/16 warps; ptxas then settles on few registers and thousands of bytes of local memory):
+# the FMA / DMMA dot g @ W_i holds a whole [128, 128] operand across threads. It is correct but
+# slow; the AOT test checks that exactly these (kernel, dtype, width) spill, so a fix shows up.
+# The least bad tiles are the ones above (~9 KB spilled for fp32, ~1 KB for fp64).
+KNOWN_SPILLS = {("_mlp_bwd_kernel", "float32", 128), ("_mlp_bwd_kernel", "float64", 128)}
 
 _DTYPE_FAMILY = {
     torch.float16: "tensor_core",
@@ -109,10 +115,24 @@ _DTYPE_FAMILY = {
 _WIDTHS = (16, 32, 64, 128)
 
 
-def _tile(direction: str, dtype: torch.dtype, width: int) -> tuple[int, int]:
+def _gpu_config(direction: str, dtype: torch.dtype, width: int) -> tuple[dict, int]:
+    """(constexpr tile config, num_warps) of a kernel on the GPU."""
+    tile = _GPU_TILES[direction][_DTYPE_FAMILY[dtype]][width]
+    config = {"W": width, "BLOCK_M": tile[0]}
+    if direction == "bwd":
+        config["DW_CHUNK"] = tile[2]
+    return config, tile[1]
+
+
+def _config(direction: str, dtype: torch.dtype, width: int) -> tuple[dict, int]:
     if INTERPRET:
-        return _INTERPRET_TILE
-    return _GPU_TILES[direction][_DTYPE_FAMILY[dtype]][width]
+        # 16-row tiles keep the interpreter fast and let tiny batches hit BLOCK-1/BLOCK/BLOCK+1;
+        # 16-wide weight-gradient chunks make every width above 16 loop over chunks.
+        config = {"W": width, "BLOCK_M": 16}
+        if direction == "bwd":
+            config["DW_CHUNK"] = 16
+        return config, 1
+    return _gpu_config(direction, dtype, width)
 
 
 def _padded_width(widths: Sequence[int]) -> int:
@@ -240,6 +260,7 @@ def _mlp_bwd_kernel(
     ACC_DTYPE: tl.constexpr,
     W: tl.constexpr,
     BLOCK_M: tl.constexpr,
+    DW_CHUNK: tl.constexpr,
 ):
     # Persistent: program p handles tiles p, p + num_programs, ... and accumulates the weight
     # and bias gradients of its tiles in its own workspace slice (no other program touches
@@ -276,17 +297,26 @@ def _mlp_bwd_kernel(
                 db = tl.sum(g.to(ACC_DTYPE), axis=0) + tl.load(db_ptrs, mask=db_mask & accumulate, other=0.0)
                 tl.store(db_ptrs, db, mask=db_mask)
             if tl.load(entry + 9) > 0:
-                if i == 0:
-                    a_in = _load_rows(x_ptr, row0, rows, cols, row_in, k_in, stride_xm, stride_xk)
-                else:
+                # The layer input h_i: x (through its strides) for layer 0, else activation i-1.
+                in_ptr = x_ptr
+                in_stride_r = tl.cast(stride_xm, tl.int32)
+                in_stride_c = tl.cast(stride_xk, tl.int32)
+                if i > 0:
                     in_ptr = tl.load(entry + 5).to(tl.pointer_type(elem_ty))
-                    a_in = _load_rows(in_ptr, row0, rows, cols, row_in, k_in, k_in, 1)
-                # dW_i.T = h_i.T @ g, addressed as the transpose of the [k_out, k_in] slice.
-                dwt_ptrs = ws_dw + cols[None, :] * k_in + cols[:, None]
-                dwt_mask = (cols[None, :] < k_out) & (cols[:, None] < k_in)
-                dwt = tl.load(dwt_ptrs, mask=dwt_mask & accumulate, other=0.0)
-                dwt = tl.dot(tl.trans(a_in), g, dwt, input_precision="ieee")  # ieee: see forward
-                tl.store(dwt_ptrs, dwt, mask=dwt_mask)
+                    in_stride_r = k_in
+                    in_stride_c = tl.cast(1, tl.int32)
+                # dW_i.T = h_i.T @ g in [DW_CHUNK, W] row chunks of the transposed [k_out, k_in]
+                # slice: a whole [W, W] accumulator (plus its addresses) would spill at W = 128.
+                for k0 in range(0, k_in, DW_CHUNK):
+                    chunk = k0 + tl.arange(0, DW_CHUNK)
+                    a_mask = row_in[:, None] & (chunk[None, :] < k_in)
+                    a_ptrs = in_ptr + row0 * in_stride_r + rows[:, None] * in_stride_r + chunk[None, :] * in_stride_c
+                    a_in = tl.load(a_ptrs, mask=a_mask, other=0.0)
+                    dwt_ptrs = ws_dw + cols[None, :] * k_in + chunk[:, None]
+                    dwt_mask = (cols[None, :] < k_out) & (chunk[:, None] < k_in)
+                    dwt = tl.load(dwt_ptrs, mask=dwt_mask & accumulate, other=0.0)
+                    dwt = tl.dot(tl.trans(a_in), g, dwt, input_precision="ieee")  # ieee: see forward
+                    tl.store(dwt_ptrs, dwt, mask=dwt_mask)
             if i >= propagate_from:
                 w = _load_weight(entry, cols, k_in, k_out, elem_ty)
                 acc = tl.dot(g, w, tl.zeros((BLOCK_M, W), dtype=ACC_DTYPE), input_precision="ieee")
@@ -457,7 +487,8 @@ def mlp_fwd_triton(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Te
     if M > 0:
         widths = [input.shape[1]] + [w.shape[0] for w in weights]
         width = _padded_width(widths)
-        block_m, num_warps = _tile("fwd", input.dtype, width)
+        config, num_warps = _config("fwd", input.dtype, width)
+        block_m = config["BLOCK_M"]
         input = _int32_tile_offsets(input, block_m, width)
         entries = []
         for i, (w, out) in enumerate(zip(weights, outputs)):
@@ -473,8 +504,7 @@ def mlp_fwd_triton(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Te
                 input.stride(1),
                 HAS_BIAS=bool(biases),
                 ACC_DTYPE=_acc_dtype(input.dtype),
-                W=width,
-                BLOCK_M=block_m,
+                **config,
                 num_warps=num_warps,
                 num_stages=1,
             )
@@ -525,7 +555,8 @@ def mlp_bwd_triton(
     weights = [w.contiguous() for w in weights]
     activations = [a.contiguous() for a in activations]
     width = _padded_width(widths)
-    block_m, num_warps = _tile("bwd", input.dtype, width)
+    config, num_warps = _config("bwd", input.dtype, width)
+    block_m = config["BLOCK_M"]
     input = _int32_tile_offsets(input, block_m, width)
     grad_output = _int32_tile_offsets(grad_output, block_m, width)
     num_tiles = triton.cdiv(M, block_m)
@@ -572,8 +603,7 @@ def mlp_bwd_triton(
                 grad_output.stride(1),
                 INPUT_GRAD=bool(input_grad),
                 ACC_DTYPE=_acc_dtype(input.dtype),
-                W=width,
-                BLOCK_M=block_m,
+                **config,
                 num_warps=num_warps,
                 num_stages=1,
             )
@@ -650,8 +680,7 @@ def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
     for dtype in dtypes:
         for kernel, direction in (("_mlp_fwd_kernel", "fwd"), ("_mlp_bwd_kernel", "bwd")):
             for width in _WIDTHS:
-                block_m, num_warps = _GPU_TILES[direction][_DTYPE_FAMILY[dtype]][width]
-                config = {"W": width, "BLOCK_M": block_m}
+                config, num_warps = _gpu_config(direction, dtype, width)
                 for variant, flags in _AOT_VARIANTS[kernel].items():
                     if variant == "full" or width == MAX_WIDTH:
                         yield _aot_spec(kernel, dtype, variant, flags, config, num_warps)
