@@ -35,8 +35,9 @@ tiles p, p + P, ... and accumulates dW/db of every wanted layer in its own fp32 
 fp64) workspace slice with plain load-add-store (the first tile stores without loading, so
 the workspace needs no zeroing; dW_i.T = h_i.T @ g is formed in [DW_CHUNK, W] chunks to bound
 registers). `_mlp_grad_reduce_kernel` then sums the P slices in order p = 0 .. P-1 and
-writes the gradients in the parameter dtype. Workspace: P x (number of
-parameters) accumulators with P <= PROGRAMS_PER_SM x SM count: bounded by the network, not M.
+writes the gradients in the parameter dtype. Workspace: P x (number of parameters, + BLOCK_M x W
+scratch rows when PROP_CHUNK slices g @ W_i) accumulators with P <= PROGRAMS_PER_SM x SM count:
+bounded by the network, not by M.
 """
 
 from __future__ import annotations
@@ -57,7 +58,6 @@ __all__ = [
     "covers",
     "uncovered_reason",
     "KERNELS",
-    "KNOWN_SPILLS",
     "MAX_LAYERS",
     "MAX_WIDTH",
     "SUPPORTED_DTYPES",
@@ -81,12 +81,14 @@ INTERPRET_PROGRAMS = 3
 # gradient into several blocks.
 REDUCE_BLOCK = 4096 if INTERPRET else 1024
 
-# Forward (BLOCK_M, num_warps) and backward (BLOCK_M, num_warps, DW_CHUNK) per dtype family
-# and padded width. fp16/bf16 dots run on tensor cores; fp32 ("ieee", no TF32) dots are FMA
-# loops that hold whole operand rows in registers, and fp64 accumulators take 2 registers per
-# element, so their row tiles shrink as W grows. Backward holds more at once (g, W_i, the
-# layer input, a [DW_CHUNK, W] slice of the weight gradient), hence smaller tiles. Every entry
-# is compiled for sm_80 and sm_90 by the AOT test, which fails on any register spill.
+# Forward (BLOCK_M, num_warps) and backward (BLOCK_M, num_warps, DW_CHUNK, PROP_CHUNK) per
+# dtype family and padded width. fp16/bf16 dots run on tensor cores; fp32 ("ieee", no TF32)
+# dots are FMA loops that hold whole operand rows in registers, and fp64 accumulators take 2
+# registers per element, so their row tiles shrink as W grows. Backward holds more at once
+# (g, W_i, the layer input, a [DW_CHUNK, W] slice of the weight gradient), hence smaller tiles;
+# PROP_CHUNK > 0 slices the reduction of g @ W_i (fp32/fp64 at W = 128 spilled with every tile
+# without it). Chosen from ptxas sweeps; every entry is compiled for sm_80 and sm_90 by the AOT
+# test, which fails on any register spill.
 _GPU_TILES = {
     "fwd": {
         "tensor_core": {16: (128, 4), 32: (128, 4), 64: (128, 4), 128: (64, 4)},
@@ -94,17 +96,11 @@ _GPU_TILES = {
         "fp64": {16: (64, 4), 32: (32, 4), 64: (32, 4), 128: (16, 8)},
     },
     "bwd": {
-        "tensor_core": {16: (128, 4, 16), 32: (64, 4, 32), 64: (64, 8, 16), 128: (16, 8, 16)},
-        "fp32": {16: (32, 4, 16), 32: (16, 8, 16), 64: (16, 8, 16), 128: (16, 16, 16)},
-        "fp64": {16: (32, 4, 16), 32: (16, 4, 16), 64: (16, 8, 16), 128: (16, 8, 16)},
+        "tensor_core": {16: (128, 4, 16, 0), 32: (64, 4, 32, 0), 64: (64, 8, 16, 0), 128: (16, 8, 16, 0)},
+        "fp32": {16: (32, 4, 16, 0), 32: (16, 8, 16, 0), 64: (16, 8, 16, 0), 128: (16, 8, 16, 32)},
+        "fp64": {16: (32, 4, 16, 0), 32: (16, 4, 16, 0), 64: (16, 8, 16, 0), 128: (16, 8, 16, 32)},
     },
 }
-# Backward at W = 128 in fp32 and fp64 spills registers with every tile tried (BLOCK_M 16,
-# 4/8/16 warps; ptxas then settles on few registers and thousands of bytes of local memory):
-# the FMA / DMMA dot g @ W_i holds a whole [128, 128] operand across threads. It is correct but
-# slow; the AOT test checks that exactly these (kernel, dtype, width) spill, so a fix shows up.
-# The least bad tiles are the ones above (~9 KB spilled for fp32, ~1 KB for fp64).
-KNOWN_SPILLS = {("_mlp_bwd_kernel", "float32", 128), ("_mlp_bwd_kernel", "float64", 128)}
 
 _DTYPE_FAMILY = {
     torch.float16: "tensor_core",
@@ -121,6 +117,7 @@ def _gpu_config(direction: str, dtype: torch.dtype, width: int) -> tuple[dict, i
     config = {"W": width, "BLOCK_M": tile[0]}
     if direction == "bwd":
         config["DW_CHUNK"] = tile[2]
+        config["PROP_CHUNK"] = tile[3]
     return config, tile[1]
 
 
@@ -131,6 +128,7 @@ def _config(direction: str, dtype: torch.dtype, width: int) -> tuple[dict, int]:
         config = {"W": width, "BLOCK_M": 16}
         if direction == "bwd":
             config["DW_CHUNK"] = 16
+            config["PROP_CHUNK"] = 16 if width == MAX_WIDTH else 0  # as fp32/fp64 on the GPU
         return config, 1
     return _gpu_config(direction, dtype, width)
 
@@ -252,6 +250,7 @@ def _mlp_bwd_kernel(
     num_tiles,
     num_programs,
     ws_stride,
+    params_per_program,
     stride_xm,
     stride_xk,
     stride_gm,
@@ -261,6 +260,7 @@ def _mlp_bwd_kernel(
     W: tl.constexpr,
     BLOCK_M: tl.constexpr,
     DW_CHUNK: tl.constexpr,
+    PROP_CHUNK: tl.constexpr,
 ):
     # Persistent: program p handles tiles p, p + num_programs, ... and accumulates the weight
     # and bias gradients of its tiles in its own workspace slice (no other program touches
@@ -318,8 +318,25 @@ def _mlp_bwd_kernel(
                     dwt = tl.dot(tl.trans(a_in), g, dwt, input_precision="ieee")  # ieee: see forward
                     tl.store(dwt_ptrs, dwt, mask=dwt_mask)
             if i >= propagate_from:
-                w = _load_weight(entry, cols, k_in, k_out, elem_ty)
-                acc = tl.dot(g, w, tl.zeros((BLOCK_M, W), dtype=ACC_DTYPE), input_precision="ieee")
+                if PROP_CHUNK == 0:
+                    w = _load_weight(entry, cols, k_in, k_out, elem_ty)
+                    acc = tl.dot(g, w, tl.zeros((BLOCK_M, W), dtype=ACC_DTYPE), input_precision="ieee")
+                else:
+                    # g @ W_i over PROP_CHUNK-wide slices of the reduction dim: the FMA/DMMA dots
+                    # of fp32/fp64 hold whole operand rows per thread, which at W = 128 spills.
+                    # g goes through the program's scratch rows of the workspace to be sliced.
+                    scratch = ws + params_per_program + rows[:, None] * W
+                    tl.debug_barrier()  # every thread is done reading the previous layer's g
+                    tl.store(scratch + cols[None, :], g.to(ACC_DTYPE))
+                    tl.debug_barrier()
+                    w_ptr = tl.load(entry + 0).to(tl.pointer_type(elem_ty))
+                    acc = tl.zeros((BLOCK_M, W), dtype=ACC_DTYPE)
+                    for k0 in range(0, k_out, PROP_CHUNK):
+                        chunk = k0 + tl.arange(0, PROP_CHUNK)
+                        g_chunk = tl.load(scratch + chunk[None, :]).to(elem_ty)
+                        w_mask = (chunk[:, None] < k_out) & (cols[None, :] < k_in)
+                        w_chunk = tl.load(w_ptr + chunk[:, None] * k_in + cols[None, :], mask=w_mask, other=0.0)
+                        acc = tl.dot(g_chunk, w_chunk, acc, input_precision="ieee")
                 # Rounded to the dtype between layers, as autograd's mm output is.
                 g = acc.to(elem_ty)
         if INPUT_GRAD:
@@ -579,6 +596,9 @@ def mlp_bwd_triton(
             ws_stride,
         )
         ws_stride += k_out * k_in + k_out
+    params_per_program = ws_stride
+    if config["PROP_CHUNK"]:
+        ws_stride += block_m * width  # the program's scratch rows for g (see the kernel)
     acc_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     workspace = torch.empty(max(num_programs, 1) * ws_stride, dtype=acc_dtype, device=input.device)
     table = _to_device_table(entries, input.device)
@@ -597,6 +617,7 @@ def mlp_bwd_triton(
                 num_tiles,
                 num_programs,
                 ws_stride,
+                params_per_program,
                 input.stride(0),
                 input.stride(1),
                 grad_output.stride(0),
