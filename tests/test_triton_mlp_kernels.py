@@ -4,8 +4,10 @@ plus a minimal autograd.Function for gradcheck; the package's own Function is te
 Without a GPU the kernels run under the Triton interpreter on CPU tensors (tests/conftest.py
 sets TRITON_INTERPRET=1 before triton is imported); the interpreter tiles are 16 rows, so
 batches 15/16/17 are BLOCK-1/BLOCK/BLOCK+1, and backward runs 3 persistent programs, so 70
-rows (5 tiles) makes programs accumulate several tiles before the reduction. The AOT tests
-compile every kernel x dtype x padded width for sm_80 and sm_90 (no GPU needed).
+rows (5 tiles) makes programs accumulate several tiles before the reduction; weight gradients
+go in 16-row chunks (several for W >= 32) and 128-wide nets take the sliced g @ W_i path
+(PROP_CHUNK) that fp32/fp64 use on the GPU at W = 128. The AOT tests compile every kernel x
+dtype x padded width for sm_80 and sm_90 (no GPU needed).
 """
 
 import itertools
