@@ -7,15 +7,9 @@ BLOCK there is 32, so sizes 31/32/33 are BLOCK-1/BLOCK/BLOCK+1.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
-from support import backend_device_params, close_to_reference, require
+from support import AOT_ARCHS, backend_device_params, close_to_reference, require, run_triton_aot
 
 import fusedmlp
 from fusedmlp.ops import sgd as sgd_ops
@@ -557,63 +551,19 @@ def test_torch_compile_fullgraph(backend, device):
 
 
 # ---------------------------------------------------------------------------------------
-# Triton AOT compile for sm_80 / sm_90, no GPU needed (same approach as
-# tests/test_triton_linear_relu_kernels.py: a subprocess without TRITON_INTERPRET, ptxas -v
-# log for the spill counts).
-
-_AOT_ARCHS = (80, 90)
-_AOT_SCRIPT = textwrap.dedent(r"""
-    import contextlib, io, json, re, sys
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-    from fusedmlp.triton_kernels import sgd as tk
-
-    archs, report_path = [int(a) for a in sys.argv[1].split(",")], sys.argv[2]
-    results = []
-    for spec in tk.aot_compile_specs():
-        for cap in archs:
-            row = {k: spec[k] for k in ("kernel", "dtype", "variant")}
-            row["arch"] = cap
-            buf = io.StringIO()
-            try:
-                src = ASTSource(fn=spec["fn"], signature=spec["signature"], constexprs=spec["constexprs"],
-                                attrs=spec["attrs"])
-                with contextlib.redirect_stdout(buf):
-                    triton.compile(src, target=GPUTarget("cuda", cap, 32),
-                                   options={"num_warps": spec["num_warps"], "num_stages": spec["num_stages"]})
-            except Exception as e:
-                row["error"] = f"{type(e).__name__}: {e}"[:4000]
-                results.append(row)
-                continue
-            log = buf.getvalue()
-            spills = [int(s) + int(l) for s, l in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)]
-            row["spills"] = sum(spills) if spills else None
-            results.append(row)
-    json.dump(results, open(report_path, "w"), indent=1)
-""")
+# Triton AOT compile for sm_80 / sm_90, no GPU needed (tests/support.py runs the shared compile
+# script: a subprocess without TRITON_INTERPRET, ptxas -v log for the spill counts).
 
 
 @pytest.mark.slow
 def test_triton_kernel_aot_compiles_without_spills(tmp_path):
     pytest.importorskip("triton")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(TRITON_CACHE_DIR=str(tmp_path / "cache"), TRITON_DUMP_PTXAS_LOG="1")
-    report = tmp_path / "report.json"
-    proc = subprocess.run(
-        [sys.executable, "-c", _AOT_SCRIPT, ",".join(map(str, _AOT_ARCHS)), str(report)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, f"AOT compile script failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    rows = json.loads(report.read_text())
+    rows = run_triton_aot("fusedmlp.triton_kernels.sgd", tmp_path)
     failed = [r for r in rows if "error" in r]
     assert not failed, failed
     assert {(r["dtype"], r["arch"]) for r in rows} == {
         (str(d).replace("torch.", ""), a)
         for d in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-        for a in _AOT_ARCHS
+        for a in AOT_ARCHS
     }
     assert all(r["spills"] == 0 for r in rows), rows

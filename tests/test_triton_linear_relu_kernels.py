@@ -3,18 +3,15 @@
 Without a GPU the kernels run under the Triton interpreter on CPU tensors:
 tests/conftest.py sets TRITON_INTERPRET=1 before anything imports triton. With a GPU they
 run on CUDA. The AOT tests compile every kernel x autotune config x dtype for sm_80 and
-sm_90 in one subprocess (no GPU needed) and check spills and wgmma.
+sm_90 in subprocesses (no GPU needed) and check spills and wgmma.
 """
 
-import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 import torch.nn.functional as F
+from support import AOT_ARCHS, run_triton_aot
 
 triton = pytest.importorskip("triton")
 
@@ -311,98 +308,12 @@ def test_rejects_bad_arguments():
 
 
 # ---------------------------------------------------------------------------------------
-# AOT compile for sm_80 / sm_90, no GPU needed.
-
-_AOT_ARCHS = (80, 90)
-
-# Runs in a subprocess without TRITON_INTERPRET (under the interpreter the kernels are not
-# JITFunctions). A fresh TRITON_CACHE_DIR makes every compile run ptxas, whose `-v` log
-# (printed with TRITON_DUMP_PTXAS_LOG=1) gives the spill counts: CompiledKernel.n_spills
-# is only filled in when a binary is loaded onto a GPU.
-_AOT_SCRIPT = textwrap.dedent(r"""
-    import contextlib, importlib, io, json, re, subprocess, sys, tempfile
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    modname, archs, report_path = sys.argv[1], [int(a) for a in sys.argv[2].split(",")], sys.argv[3]
-    shard, num_shards = (int(v) for v in sys.argv[4].split("/"))
-    tk = importlib.import_module(modname)
-
-    def ptxas_log_fallback(ptx, cap):
-        # Older Triton without TRITON_DUMP_PTXAS_LOG: run ptxas -v on the PTX ourselves.
-        from triton.backends.nvidia import compiler as nv
-        ptxas = nv.get_ptxas(cap).path if hasattr(nv, "get_ptxas") else nv._path_to_binary("ptxas")[0]
-        arch = nv.sm_arch_from_capability(cap)
-        with tempfile.TemporaryDirectory() as d:
-            src = f"{d}/k.ptx"
-            open(src, "w").write(ptx)
-            r = subprocess.run([ptxas, "-v", f"--gpu-name={arch}", src, "-o", f"{d}/k.o"],
-                               capture_output=True, text=True)
-            return r.stderr + r.stdout
-
-    results = []
-    jobs = [(spec, cap) for spec in tk.aot_compile_specs() for cap in archs]
-    for spec, cap in jobs[shard::num_shards]:
-        row = {k: spec[k] for k in ("kernel", "dtype", "variant", "layout", "config", "num_warps", "num_stages")}
-        row["arch"] = cap
-        buf = io.StringIO()
-        try:
-            src = ASTSource(fn=spec["fn"], signature=spec["signature"], constexprs=spec["constexprs"],
-                            attrs=spec["attrs"])
-            with contextlib.redirect_stdout(buf):
-                compiled = triton.compile(src, target=GPUTarget("cuda", cap, 32),
-                                          options={"num_warps": spec["num_warps"],
-                                                   "num_stages": spec["num_stages"]})
-        except Exception as e:  # report every failure, not just the first
-            row["error"] = f"{type(e).__name__}: {e}"[:4000]
-            results.append(row)
-            continue
-        ptx = compiled.asm["ptx"]
-        log = buf.getvalue()
-        if "spill" not in log:
-            log = ptxas_log_fallback(ptx, cap)
-        spills = [int(s) + int(l) for s, l in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)]
-        regs = [int(r) for r in re.findall(r"Used (\d+) registers", log)]
-        row.update(spills=sum(spills) if spills else None, registers=max(regs) if regs else None,
-                   shared=compiled.metadata.shared, wgmma="wgmma.mma_async" in ptx,
-                   mma_sync="mma.sync" in ptx)
-        results.append(row)
-    json.dump(results, open(report_path, "w"), indent=1)
-""")
-
-
-_AOT_SHARDS = 2  # one compile process per CI core
+# AOT compile for sm_80 / sm_90, no GPU needed (tests/support.py runs the compile script).
 
 
 @pytest.fixture(scope="module")
 def aot_report(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("triton_aot")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env.update(TRITON_CACHE_DIR=str(tmp / "cache"), TRITON_DUMP_PTXAS_LOG="1")
-    procs = []
-    for shard in range(_AOT_SHARDS):
-        report = tmp / f"report{shard}.json"
-        cmd = [
-            sys.executable,
-            "-c",
-            _AOT_SCRIPT,
-            tk.__name__,
-            ",".join(map(str, _AOT_ARCHS)),
-            str(report),
-            f"{shard}/{_AOT_SHARDS}",
-        ]
-        procs.append(
-            (report, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-        )
-    rows = []
-    for report, proc in procs:
-        out, _ = proc.communicate(timeout=900)
-        assert proc.returncode == 0, f"AOT compile script failed:\n{out[-8000:]}"
-        rows += json.loads(report.read_text())
-    assert rows, "no AOT specs compiled"
-    (tmp / "report.json").write_text(json.dumps(rows, indent=1))
-    return rows
+    return run_triton_aot(tk.__name__, tmp_path_factory.mktemp("triton_aot"))
 
 
 def _label(r):
@@ -421,7 +332,7 @@ class TestAOTCompile:
         assert not failed, "\n".join(failed)
         compiled = {(r["kernel"], r["dtype"], r["arch"]) for r in aot_report}
         want = {
-            (k, str(d).replace("torch.", ""), a) for k in tk.KERNELS for d in tk.SUPPORTED_DTYPES for a in _AOT_ARCHS
+            (k, str(d).replace("torch.", ""), a) for k in tk.KERNELS for d in tk.SUPPORTED_DTYPES for a in AOT_ARCHS
         }
         assert compiled == want
 
