@@ -23,7 +23,7 @@ from fusedmlp import functional as F
 from fusedmlp._backend import check_backend_name, resolve_backend
 from fusedmlp.autograd.mlp import mlp
 from fusedmlp.nn.linear import FusedLinear
-from fusedmlp.ops.mlp import FUSED_KERNEL_BACKENDS, NETWORK_BACKENDS, fused_kernel_uncovered_reason
+from fusedmlp.ops.mlp import NETWORK_BACKENDS, fused_kernel_uncovered_reason
 
 __all__ = ["FusedMLP"]
 
@@ -69,11 +69,6 @@ class FusedMLP(nn.Module):
         if fuse_network not in (None, True, False):
             raise ValueError(f"FusedMLP: fuse_network must be None, True or False, got {fuse_network!r}")
         check_backend_name(backend)
-        if fuse_network and backend not in ("auto",) + NETWORK_BACKENDS + FUSED_KERNEL_BACKENDS:
-            raise ValueError(
-                f"FusedMLP: fuse_network=True needs a backend with a whole-network op "
-                f"{NETWORK_BACKENDS + FUSED_KERNEL_BACKENDS}, got backend={backend!r}"
-            )
         self.num_inputs, self.num_outputs, self.hidden_sizes = num_inputs, num_outputs, hidden_sizes
         self.fuse_network = fuse_network
         widths = (num_inputs, *hidden_sizes, num_outputs)

@@ -2,6 +2,8 @@
 
 - ``torch.ops.fusedmlp.mlp_fwd`` / ``mlp_bwd``: C++ kernels: CPU (any network) and CUDA (the
   fully fused kernel of csrc/cuda/mlp.cu, for networks of widths <= 128 and <= 8 layers).
+- ``torch.ops.fusedmlp.mlp_fwd_triton`` / ``mlp_bwd_triton``: the fully fused Triton kernels
+  (triton_kernels/mlp.py), same coverage.
 - ``torch.ops.fusedmlp.mlp``: the differentiable forward (autograd in C++, backward = mlp_bwd).
 - ``mlp_*_torch``: the plain-PyTorch reference ("torch" backend), built from ATen ops.
 
@@ -15,14 +17,14 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from fusedmlp._backend import HAS_EXTENSION
+from fusedmlp._backend import HAS_EXTENSION, HAS_TRITON
 
 # Backends whose whole-network op takes any network.
 NETWORK_BACKENDS = ("cpu", "torch")
 # Backends whose whole-network op is a fully fused GPU kernel (activations kept on chip), for
 # the networks it covers (see fused_kernel_uncovered_reason); FusedMLP runs the others layer
 # by layer.
-FUSED_KERNEL_BACKENDS = ("cuda",)
+FUSED_KERNEL_BACKENDS = ("cuda", "triton")
 # The ones whose kernels are C++: their differentiable op ``torch.ops.fusedmlp.mlp`` has its
 # autograd in C++ too (csrc/autograd/mlp.cpp); the others go through MLPFunction.
 CPP_AUTOGRAD_BACKENDS = ("cpu", "cuda")
@@ -31,7 +33,10 @@ CPP_AUTOGRAD_BACKENDS = ("cpu", "cuda")
 # most MAX_FUSED_WIDTH, at most MAX_FUSED_LAYERS layers.
 MAX_FUSED_WIDTH = 128
 MAX_FUSED_LAYERS = 8
-_FUSED_KERNEL_DTYPES = {"cuda": (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+_FUSED_KERNEL_DTYPES = {
+    "cuda": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+    "triton": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+}
 
 
 def fused_kernel_uncovered_reason(backend: str, widths: Sequence[int], dtype: torch.dtype) -> Optional[str]:
@@ -41,6 +46,8 @@ def fused_kernel_uncovered_reason(backend: str, widths: Sequence[int], dtype: to
         return f"backend {backend!r} has no fused whole-network kernel"
     if len(widths) - 1 > MAX_FUSED_LAYERS:
         return f"the fused kernel covers at most {MAX_FUSED_LAYERS} layers, the network has {len(widths) - 1}"
+    if min(widths) < 1:
+        return "the fused kernel needs every width to be at least 1"
     if max(widths) > MAX_FUSED_WIDTH:
         return f"the fused kernel covers widths up to {MAX_FUSED_WIDTH}, the network has {max(widths)}"
     if dtype not in _FUSED_KERNEL_DTYPES[backend]:
@@ -144,6 +151,35 @@ if HAS_EXTENSION:
     torch.library.register_fake("fusedmlp::mlp_bwd")(_mlp_bwd_fake)
     torch.library.register_fake("fusedmlp::mlp")(_mlp_fake)
 
+if HAS_TRITON:
+
+    @torch.library.custom_op("fusedmlp::mlp_fwd_triton", mutates_args=())
+    def mlp_fwd_triton(input: Tensor, weights: list[Tensor], biases: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        from fusedmlp.triton_kernels import mlp as kernels
+
+        _check_mlp_args(input, weights, biases)
+        return kernels.mlp_fwd_triton(input, weights, biases)
+
+    @torch.library.custom_op("fusedmlp::mlp_bwd_triton", mutates_args=())
+    def mlp_bwd_triton(
+        grad_output: Tensor,
+        input: Tensor,
+        weights: list[Tensor],
+        activations: list[Tensor],
+        input_grad: bool,
+        weight_grads: list[bool],
+        bias_grads: list[bool],
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        from fusedmlp.triton_kernels import mlp as kernels
+
+        _mlp_bwd_fake(grad_output, input, weights, activations, input_grad, weight_grads, bias_grads)  # checks
+        return kernels.mlp_bwd_triton(
+            grad_output, input, weights, activations, input_grad, list(weight_grads), list(bias_grads)
+        )
+
+    mlp_fwd_triton.register_fake(_mlp_fwd_fake)
+    mlp_bwd_triton.register_fake(_mlp_bwd_fake)
+
 
 def mlp_fwd_torch(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
     activations = []
@@ -196,9 +232,11 @@ def mlp_fwd(
     `biases` holds one bias per weight, or none at all."""
     if backend in ("cpu", "cuda"):
         return torch.ops.fusedmlp.mlp_fwd(input, weights, biases)
+    if backend == "triton":
+        return torch.ops.fusedmlp.mlp_fwd_triton(input, weights, biases)
     if backend == "torch":
         return mlp_fwd_torch(input, weights, biases)
-    raise RuntimeError(f"fusedmlp: no whole-network MLP op for backend {backend!r}; it runs layer by layer")
+    raise ValueError(f"fusedmlp: expected a concrete backend (cpu, cuda, triton or torch), got {backend!r}")
 
 
 def mlp_bwd(
@@ -215,6 +253,8 @@ def mlp_bwd(
     args = (grad_output, input, weights, activations, input_grad, weight_grads, bias_grads)
     if backend in ("cpu", "cuda"):
         return torch.ops.fusedmlp.mlp_bwd(*args)
+    if backend == "triton":
+        return torch.ops.fusedmlp.mlp_bwd_triton(*args)
     if backend == "torch":
         return mlp_bwd_torch(*args)
-    raise RuntimeError(f"fusedmlp: no whole-network MLP op for backend {backend!r}; it runs layer by layer")
+    raise ValueError(f"fusedmlp: expected a concrete backend (cpu, cuda, triton or torch), got {backend!r}")
