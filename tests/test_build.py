@@ -39,6 +39,18 @@ def _cuda_build_expected() -> bool:
     )
 
 
+# Differentiable ops whose autograd is C++ (csrc/autograd/): an Autograd kernel, and a
+# forward-only kernel below autograd for every device.
+CPP_AUTOGRAD_OPS = ["mlp", "cross_entropy"]
+
+
+@pytest.mark.parametrize("op", CPP_AUTOGRAD_OPS)
+def test_cpp_autograd_kernels_registered(op):
+    assert _backend.HAS_EXTENSION, _backend._EXTENSION_ERROR
+    for key in ("Autograd", "CompositeExplicitAutograd"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedmlp::{op}", key), key
+
+
 @pytest.mark.parametrize("op", CPU_OPS)
 def test_cpu_kernels_registered(op):
     assert _backend.HAS_EXTENSION, _backend._EXTENSION_ERROR
