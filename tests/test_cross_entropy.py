@@ -369,6 +369,40 @@ def test_triton_rows_split_across_programs(backend, device, kind, weighted, smoo
     assert launches and all(split_c < 150 for split_c in launches)
 
 
+@pytest.mark.parametrize("backend,device", [p for p in BACKEND_DEVICE if p.values[1] == "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["index", "prob"])
+def test_few_wide_rows_are_split_on_gpu(backend, device, dtype, kind):
+    """4 rows x 40000 classes: below four rows per SM and above the split width, so both GPU
+    backends split every row across blocks/programs (three launches)."""
+    require(backend, device)
+    torch.manual_seed(12)
+    x = (torch.randn(4, 40000, device=device) * 3).to(dtype)
+    x[0, 9] = float("-inf")
+    t = make_target(kind, (4,), 40000, device, dtype, seed=5)
+    if kind == "index":
+        t[2] = -100
+    w = torch.rand(40000, device=device, dtype=dtype) + 0.5
+    for weight, smoothing in ((None, 0.0), (w, 0.1)):
+        xr = x.clone().requires_grad_()
+        loss = cross_entropy(xr, t, weight, label_smoothing=smoothing, backend=backend)
+        (g,) = torch.autograd.grad(loss, xr)
+        x64 = x.double().requires_grad_()
+        t64 = t.double() if kind == "prob" else t
+        ref = F.cross_entropy(x64, t64, None if weight is None else weight.double(), label_smoothing=smoothing)
+        (g64,) = torch.autograd.grad(ref, x64)
+        tol = 1e-4 if dtype == torch.float32 else 2e-2
+        torch.testing.assert_close(loss.double(), ref.detach(), rtol=tol, atol=tol)
+        torch.testing.assert_close(g.double(), g64, rtol=tol, atol=tol * 1e-3)
+        again = cross_entropy(x.clone(), t, weight, label_smoothing=smoothing, backend=backend)
+        assert torch.equal(again, loss.detach())
+        inplace = x.clone()
+        loss_inplace = cross_entropy(
+            inplace.requires_grad_(), t, weight, label_smoothing=smoothing, backend=backend, inplace_backward=True
+        )
+        assert torch.equal(loss_inplace.detach(), loss.detach())
+
+
 @pytest.mark.parametrize("backend,device", [p for p in BACKEND_DEVICE if p.values[0] in ("cpu", "cuda")])
 def test_cpp_autograd_op_inference_mode_and_bad_reduction(backend, device):
     require(backend, device)

@@ -7,8 +7,9 @@
 // (from L2 for all but huge rows) and writes grad_j = scale * (A exp(x_j - m) / s - a_j),
 // accumulating sum_j a_j (x_j - m) for the loss. Coefficients and loss are those of
 // csrc/cpu/cross_entropy.cpp. Accumulation in at::opmath_type (float for half/bfloat16),
-// 64-bit offsets. A row is never split across blocks: a batch of a few rows with a huge
-// vocabulary uses few SMs (documented limitation).
+// 64-bit offsets. A batch of few, very wide rows (fewer rows than about four blocks per SM,
+// at least kSplitMinC classes) splits each row across blocks in three launches (per-range
+// stats; gradient from the combined stats; loss), combined in a fixed order.
 //
 // Out-of-range class indices trip a device assert, as in torch's CUDA kernels; the
 // opt-in host check (validate=True / FUSEDMLP_VALIDATE_TARGETS=1) raises IndexError first.
@@ -21,6 +22,7 @@
 #include <c10/macros/Macros.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -97,26 +99,42 @@ struct CrossEntropyArgs {
   acc_t smoothing;          // 0 when label_smoothing <= 0
 };
 
-template <typename scalar_t, int ROW_THREADS>
-__global__ void cross_entropy_fwd_kernel(CrossEntropyArgs<scalar_t, at::opmath_type<scalar_t>> p) {
-  using acc_t = at::opmath_type<scalar_t>;
-  __shared__ MaxSum<acc_t> smem_ms[ROW_THREADS > kWarp ? ROW_THREADS / kWarp : 1];
-  __shared__ acc_t smem_sum[ROW_THREADS > kWarp ? ROW_THREADS / kWarp : 1];
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
-  if (row >= p.N) return;  // whole warps (ROW_THREADS == 32) or whole blocks leave together
-  const int64_t C = p.C;
-  const int tid = threadIdx.x;
-  const scalar_t* x_row = p.logits + row * C;
-  const scalar_t* q_row = p.prob != nullptr ? p.prob + row * C : nullptr;
-  const bool smooth = p.smoothing > acc_t(0);
-  const acc_t eps_per_class = p.smoothing / static_cast<acc_t>(C);
-  const acc_t keep = acc_t(1) - p.smoothing;
-  const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
+// The pieces of one row's computation, shared by the one-block-per-row kernel and the
+// split-row kernels. Every function is called by all ROW_THREADS threads of the row.
+template <typename acc_t>
+struct RowStats {
+  acc_t m, s, coef;  // max, sum of exp(x - m), sum of the coefficients known before pass 2
+};
 
-  // Pass 1: online max / sum-exp, and A (probabilities) or W (smoothing).
+template <typename acc_t>
+struct RowTarget {
+  int64_t t;  // class index, -1 for probability targets
+  bool valid;
+  acc_t w_t;  // the target's weight (0 when ignored)
+};
+
+template <typename acc_t>
+struct RowConstants {
+  acc_t keep, eps_per_class, scale;
+  bool smooth;
+};
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ RowConstants<acc_t> row_constants(const CrossEntropyArgs<scalar_t, acc_t>& p) {
+  return {acc_t(1) - p.smoothing, p.smoothing / static_cast<acc_t>(p.C),
+          p.grad_scale != nullptr ? *p.grad_scale : acc_t(1), p.smoothing > acc_t(0)};
+}
+
+// Pass 1 over columns [begin, end): online max / sum-exp, and A (probabilities) or W (smoothing).
+template <int ROW_THREADS, typename scalar_t, typename acc_t>
+__device__ __forceinline__ RowStats<acc_t> row_stats(const CrossEntropyArgs<scalar_t, acc_t>& p,
+                                                     const RowConstants<acc_t>& k, const scalar_t* x_row,
+                                                     const scalar_t* q_row, int64_t begin, int64_t end,
+                                                     MaxSum<acc_t>* smem_ms, acc_t* smem_sum) {
+  const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
   MaxSum<acc_t> ms{neg_inf, acc_t(0)};
   acc_t coef = 0;
-  for (int64_t j = tid; j < C; j += ROW_THREADS) {
+  for (int64_t j = begin + threadIdx.x; j < end; j += ROW_THREADS) {
     const acc_t x = static_cast<acc_t>(x_row[j]);
     if (x > ms.m) {
       ms.s = ms.s * rescale(ms.m, x) + acc_t(1);
@@ -126,82 +144,228 @@ __global__ void cross_entropy_fwd_kernel(CrossEntropyArgs<scalar_t, at::opmath_t
     }
     const acc_t w = p.weight != nullptr ? p.weight[j] : acc_t(1);
     if (q_row != nullptr) {
-      coef += w * (keep * static_cast<acc_t>(q_row[j]) + eps_per_class);
-    } else if (smooth) {
+      coef += w * (k.keep * static_cast<acc_t>(q_row[j]) + k.eps_per_class);
+    } else if (k.smooth) {
       coef += w;
     }
   }
   ms = reduce_max_sum<ROW_THREADS>(ms, smem_ms);
   coef = reduce_sum<ROW_THREADS>(coef, smem_sum);
-  const acc_t m = ms.m, s = ms.s, log_s = ::log(s);
-  const acc_t scale = p.grad_scale != nullptr ? *p.grad_scale : acc_t(1);
+  return {ms.m, ms.s, coef};
+}
 
-  int64_t t = -1;
-  bool valid = true;
-  acc_t w_t = 0, x_t = 0, A, c1;
-  if (q_row != nullptr) {
-    A = coef;
-    c1 = A * scale / s;
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ RowTarget<acc_t> row_target(const CrossEntropyArgs<scalar_t, acc_t>& p, int64_t row) {
+  if (p.prob != nullptr) return {-1, true, acc_t(0)};
+  const int64_t t = p.target[row];
+  const bool valid = t != p.ignore_index;
+  if (!valid) return {t, false, acc_t(0)};
+  CUDA_KERNEL_ASSERT(t >= 0 && t < p.C && "Target is out of bounds");
+  return {t, true, p.weight != nullptr ? p.weight[t] : acc_t(1)};
+}
+
+// (A, c1): A = sum_j a_j and the gradient's softmax factor c1 = A * scale / s.
+template <typename acc_t>
+__device__ __forceinline__ void row_coefficients(const RowStats<acc_t>& st, const RowTarget<acc_t>& tg,
+                                                 const RowConstants<acc_t>& k, bool prob, acc_t& A, acc_t& c1) {
+  if (prob) {
+    A = st.coef;
+    c1 = A * k.scale / st.s;
   } else {
-    t = p.target[row];
-    valid = t != p.ignore_index;
-    if (valid) {
-      CUDA_KERNEL_ASSERT(t >= 0 && t < C && "Target is out of bounds");
-      x_t = static_cast<acc_t>(x_row[t]);  // before pass 2 may overwrite the row
-      w_t = p.weight != nullptr ? p.weight[t] : acc_t(1);
-    }
-    A = keep * w_t + (smooth ? eps_per_class * coef : acc_t(0));
+    A = k.keep * tg.w_t + (k.smooth ? k.eps_per_class * st.coef : acc_t(0));
     // Ignored rows: a zero gradient that is NaN where the softmax is (as torch's).
-    c1 = valid ? A * scale / s : acc_t(0) / s;
+    c1 = tg.valid ? A * k.scale / st.s : acc_t(0) / st.s;
   }
+}
+
+// Pass 2 over columns [begin, end): writes the gradient (when p.grad is set) and returns
+// sum_j a_j (x_j - m) over those columns, reduced over the row's threads.
+template <int ROW_THREADS, typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t row_grad(const CrossEntropyArgs<scalar_t, acc_t>& p, const RowConstants<acc_t>& k,
+                                          const RowTarget<acc_t>& tg, int64_t row, const scalar_t* x_row,
+                                          const scalar_t* q_row, int64_t begin, int64_t end, acc_t m, acc_t c1,
+                                          acc_t* smem_sum) {
+  const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
+  acc_t dot = 0;
+  const bool need_dot = q_row != nullptr || k.smooth;
+  if (p.grad == nullptr && !need_dot) return dot;
+  scalar_t* g_row = p.grad != nullptr ? p.grad + row * p.C : nullptr;
+  for (int64_t j = begin + threadIdx.x; j < end; j += ROW_THREADS) {
+    const acc_t x = static_cast<acc_t>(x_row[j]);
+    const acc_t w = p.weight != nullptr ? p.weight[j] : acc_t(1);
+    acc_t a;
+    if (q_row != nullptr) {
+      a = w * (k.keep * static_cast<acc_t>(q_row[j]) + k.eps_per_class);
+      dot += a * (x - m);
+    } else {
+      if (k.smooth) dot += w * (x - m);
+      a = (k.smooth ? k.eps_per_class * w : acc_t(0)) + (j == tg.t ? k.keep * tg.w_t : acc_t(0));
+    }
+    if (g_row != nullptr) {
+      const acc_t e = x == neg_inf ? acc_t(0) : ::exp(x - m);
+      // scale is inf when every target is ignored ("mean"): keep it off ignored rows
+      g_row[j] = static_cast<scalar_t>(tg.valid ? e * c1 - a * k.scale : e * c1);
+    }
+  }
+  return need_dot ? reduce_sum<ROW_THREADS>(dot, smem_sum) : dot;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t row_loss(const RowStats<acc_t>& st, const RowTarget<acc_t>& tg,
+                                          const RowConstants<acc_t>& k, bool prob, acc_t A, acc_t dot,
+                                          acc_t x_t) {
+  const acc_t log_s = ::log(st.s);
+  if (prob) return A * log_s - dot;
+  if (!tg.valid) return acc_t(0);
+  const acc_t nll = log_s - (x_t - st.m);
+  return k.smooth ? k.keep * tg.w_t * nll + k.eps_per_class * (st.coef * log_s - dot) : tg.w_t * nll;
+}
+
+template <typename scalar_t, int ROW_THREADS>
+__global__ void cross_entropy_fwd_kernel(CrossEntropyArgs<scalar_t, at::opmath_type<scalar_t>> p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ MaxSum<acc_t> smem_ms[ROW_THREADS > kWarp ? ROW_THREADS / kWarp : 1];
+  __shared__ acc_t smem_sum[ROW_THREADS > kWarp ? ROW_THREADS / kWarp : 1];
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
+  if (row >= p.N) return;  // whole warps (ROW_THREADS == 32) or whole blocks leave together
+  const scalar_t* x_row = p.logits + row * p.C;
+  const scalar_t* q_row = p.prob != nullptr ? p.prob + row * p.C : nullptr;
+  const RowConstants<acc_t> k = row_constants(p);
+  const RowStats<acc_t> st = row_stats<ROW_THREADS>(p, k, x_row, q_row, 0, p.C, smem_ms, smem_sum);
+  const RowTarget<acc_t> tg = row_target(p, row);
+  const acc_t x_t = tg.valid && q_row == nullptr ? static_cast<acc_t>(x_row[tg.t]) : acc_t(0);
+  acc_t A, c1;
+  row_coefficients(st, tg, k, q_row != nullptr, A, c1);
   // Every thread of the row has read x_t before pass 2 may overwrite it (in-place mode).
   if constexpr (ROW_THREADS > kWarp) {
     __syncthreads();
   } else {
     __syncwarp();
   }
+  const acc_t dot = row_grad<ROW_THREADS>(p, k, tg, row, x_row, q_row, 0, p.C, st.m, c1, smem_sum);
+  if (threadIdx.x == 0) p.loss[row] = row_loss(st, tg, k, q_row != nullptr, A, dot, x_t);
+}
 
-  // Pass 2: the gradient, and sum_j a_j (x_j - m).
-  acc_t dot = 0;
-  const bool need_dot = q_row != nullptr || smooth;
-  if (p.grad != nullptr || need_dot) {
-    scalar_t* g_row = p.grad != nullptr ? p.grad + row * C : nullptr;
-    for (int64_t j = tid; j < C; j += ROW_THREADS) {
-      const acc_t x = static_cast<acc_t>(x_row[j]);
-      const acc_t w = p.weight != nullptr ? p.weight[j] : acc_t(1);
-      acc_t a;
-      if (q_row != nullptr) {
-        a = w * (keep * static_cast<acc_t>(q_row[j]) + eps_per_class);
-        dot += a * (x - m);
-      } else {
-        if (smooth) dot += w * (x - m);
-        a = (smooth ? eps_per_class * w : acc_t(0)) + (j == t ? keep * w_t : acc_t(0));
-      }
-      if (g_row != nullptr) {
-        const acc_t e = x == neg_inf ? acc_t(0) : ::exp(x - m);
-        // scale is inf when every target is ignored ("mean"): keep it off ignored rows
-        g_row[j] = static_cast<scalar_t>(valid ? e * c1 - a * scale : e * c1);
-      }
-    }
-    if (need_dot) dot = reduce_sum<ROW_THREADS>(dot, smem_sum);
+// Few, very wide rows: each row split into column ranges of split_c, one block per (range,
+// row) in three launches whose per-row partials are combined in a fixed order
+// (deterministic). Workspaces in acc_t: stats [N, S, 3], dots [N, S], x_t [N].
+struct SplitWorkspace {
+  void* stats;
+  void* dots;
+  void* x_t;
+  int64_t split_c, splits;
+};
+
+template <typename acc_t>
+__device__ __forceinline__ RowStats<acc_t> combine_row_stats(const acc_t* stats_row, int64_t splits) {
+  MaxSum<acc_t> ms{stats_row[0], stats_row[1]};
+  acc_t coef = stats_row[2];
+  for (int64_t k = 1; k < splits; ++k) {
+    ms = combine(ms, MaxSum<acc_t>{stats_row[3 * k], stats_row[3 * k + 1]});
+    coef += stats_row[3 * k + 2];
   }
-  if (tid == 0) {
-    acc_t loss;
-    if (q_row != nullptr) {
-      loss = A * log_s - dot;
-    } else if (!valid) {
-      loss = 0;
-    } else {
-      const acc_t nll = log_s - (x_t - m);
-      loss = smooth ? keep * w_t * nll + eps_per_class * (coef * log_s - dot) : w_t * nll;
-    }
-    p.loss[row] = loss;
+  return {ms.m, ms.s, coef};
+}
+
+template <typename scalar_t>
+__global__ void cross_entropy_split_stats_kernel(CrossEntropyArgs<scalar_t, at::opmath_type<scalar_t>> p,
+                                                 SplitWorkspace ws) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ MaxSum<acc_t> smem_ms[kBlockRowThreads / kWarp];
+  __shared__ acc_t smem_sum[kBlockRowThreads / kWarp];
+  const int64_t row = blockIdx.y, split = blockIdx.x;
+  const int64_t begin = split * ws.split_c, end = std::min(begin + ws.split_c, p.C);
+  const scalar_t* x_row = p.logits + row * p.C;
+  const scalar_t* q_row = p.prob != nullptr ? p.prob + row * p.C : nullptr;
+  const RowStats<acc_t> st =
+      row_stats<kBlockRowThreads>(p, row_constants(p), x_row, q_row, begin, end, smem_ms, smem_sum);
+  if (threadIdx.x != 0) return;
+  acc_t* out = static_cast<acc_t*>(ws.stats) + (row * ws.splits + split) * 3;
+  out[0] = st.m;
+  out[1] = st.s;
+  out[2] = st.coef;
+  if (q_row == nullptr) {
+    // x_t is read here, before the gradient launch may overwrite the row (in-place mode).
+    const RowTarget<acc_t> tg = row_target(p, row);
+    if (tg.valid && tg.t >= begin && tg.t < end) static_cast<acc_t*>(ws.x_t)[row] = static_cast<acc_t>(x_row[tg.t]);
   }
 }
 
 template <typename scalar_t>
-void launch_cross_entropy(const CrossEntropyArgs<scalar_t, at::opmath_type<scalar_t>>& args) {
+__global__ void cross_entropy_split_grad_kernel(CrossEntropyArgs<scalar_t, at::opmath_type<scalar_t>> p,
+                                                SplitWorkspace ws) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ acc_t smem_sum[kBlockRowThreads / kWarp];
+  const int64_t row = blockIdx.y, split = blockIdx.x;
+  const int64_t begin = split * ws.split_c, end = std::min(begin + ws.split_c, p.C);
+  const scalar_t* x_row = p.logits + row * p.C;
+  const scalar_t* q_row = p.prob != nullptr ? p.prob + row * p.C : nullptr;
+  const RowConstants<acc_t> k = row_constants(p);
+  const RowStats<acc_t> st = combine_row_stats(static_cast<const acc_t*>(ws.stats) + row * ws.splits * 3, ws.splits);
+  const RowTarget<acc_t> tg = row_target(p, row);
+  acc_t A, c1;
+  row_coefficients(st, tg, k, q_row != nullptr, A, c1);
+  const acc_t dot = row_grad<kBlockRowThreads>(p, k, tg, row, x_row, q_row, begin, end, st.m, c1, smem_sum);
+  if (threadIdx.x == 0) static_cast<acc_t*>(ws.dots)[row * ws.splits + split] = dot;
+}
+
+// One thread per row.
+template <typename scalar_t>
+__global__ void cross_entropy_split_loss_kernel(CrossEntropyArgs<scalar_t, at::opmath_type<scalar_t>> p,
+                                                SplitWorkspace ws) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (row >= p.N) return;
+  const RowConstants<acc_t> k = row_constants(p);
+  const RowStats<acc_t> st = combine_row_stats(static_cast<const acc_t*>(ws.stats) + row * ws.splits * 3, ws.splits);
+  const acc_t* dots = static_cast<const acc_t*>(ws.dots) + row * ws.splits;
+  acc_t dot = 0;
+  for (int64_t s = 0; s < ws.splits; ++s) dot += dots[s];
+  const RowTarget<acc_t> tg = row_target(p, row);
+  acc_t A, c1;
+  row_coefficients(st, tg, k, p.prob != nullptr, A, c1);
+  const acc_t x_t = tg.valid && p.prob == nullptr ? static_cast<const acc_t*>(ws.x_t)[row] : acc_t(0);
+  p.loss[row] = row_loss(st, tg, k, p.prob != nullptr, A, dot, x_t);
+}
+
+// Rows are split when they are at least kSplitMinC wide and the batch alone would leave SMs
+// idle: enough ranges for about four blocks per SM, at most kMaxSplits per row.
+constexpr int64_t kSplitMinC = 8192;
+constexpr int64_t kMaxSplits = 64;
+
+int64_t split_columns(int64_t N, int64_t C) {
+  if (C < kSplitMinC) return 0;
+  const int64_t blocks_wanted = 4 * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  if (N >= blocks_wanted) return 0;
+  const int64_t splits = std::min({kMaxSplits, (blocks_wanted + N - 1) / N, (C + kBlockRowThreads - 1) / kBlockRowThreads});
+  if (splits <= 1) return 0;
+  // Ranges of whole 512-column strides, so every thread reads as many elements.
+  const int64_t per_split = (C + splits - 1) / splits;
+  return (per_split + kBlockRowThreads - 1) / kBlockRowThreads * kBlockRowThreads;
+}
+
+template <typename scalar_t>
+void launch_cross_entropy(const CrossEntropyArgs<scalar_t, at::opmath_type<scalar_t>>& args,
+                          const at::TensorOptions& acc_options) {
   auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t split_c = split_columns(args.N, args.C);
+  if (split_c > 0) {
+    const int64_t splits = (args.C + split_c - 1) / split_c;
+    const at::Tensor stats = at::empty({args.N, splits, 3}, acc_options);
+    const at::Tensor dots = at::empty({args.N, splits}, acc_options);
+    const at::Tensor x_t = at::zeros({args.N}, acc_options);
+    const SplitWorkspace ws{stats.data_ptr(), dots.data_ptr(), x_t.data_ptr(), split_c, splits};
+    const dim3 grid(static_cast<unsigned>(splits), static_cast<unsigned>(args.N));
+    cross_entropy_split_stats_kernel<scalar_t><<<grid, kBlockRowThreads, 0, stream>>>(args, ws);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    cross_entropy_split_grad_kernel<scalar_t><<<grid, kBlockRowThreads, 0, stream>>>(args, ws);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const int threads = 128;
+    cross_entropy_split_loss_kernel<scalar_t>
+        <<<static_cast<unsigned>((args.N + threads - 1) / threads), threads, 0, stream>>>(args, ws);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
   if (args.C <= kWarpRowMaxC) {
     const dim3 block(kWarp, kWarpRowsPerBlock);
     const int64_t blocks = (args.N + kWarpRowsPerBlock - 1) / kWarpRowsPerBlock;
@@ -239,7 +403,7 @@ at::Tensor cross_entropy_cuda_impl(const at::Tensor& logits, const at::Tensor& g
     args.C = C;
     args.ignore_index = ignore_index;
     args.smoothing = label_smoothing > 0 ? static_cast<acc_t>(label_smoothing) : acc_t(0);
-    launch_cross_entropy<scalar_t>(args);
+    launch_cross_entropy<scalar_t>(args, loss.options());
   });
   return loss;
 }
