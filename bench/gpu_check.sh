@@ -3,8 +3,14 @@
 #   OUT=/some/folder bash bench/gpu_check.sh
 # Builds the extension there, runs the GPU-marked tests (and compute-sanitizer memcheck on a
 # small case when available), measures the copy-bandwidth and cuBLAS-GEMM ceilings, runs the
-# benchmark, and writes everything (at most 8 files) to $OUT. Budget: under 8 minutes.
+# benchmark, and writes everything (at most 8 files) to $OUT. Budget: two calls of under 10 minutes.
+#
+# Stages can be picked (default: all, in order), so that the kit fits calls with a time limit:
+#   OUT=o1 bash bench/gpu_check.sh build tests      then      OUT=o2 bash bench/gpu_check.sh sanitize ceilings bench
+# (a later call on the same machine reuses the build; on a fresh machine include `build`).
 set -uo pipefail
+STAGES=${*:-build tests sanitize ceilings bench}
+want() { [[ " $STAGES " == *" $1 "* ]]; }
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
@@ -16,6 +22,7 @@ step "environment"
 { nvidia-smi; $PY -c "import torch, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda)";
   $PY -c "import triton; print('triton', triton.__version__)"; nvcc --version; } > "$OUT/env.txt" 2>&1
 
+if want build; then
 step "build (CUDA kernels required)"
 # sm_90 only: the H200 is the only GPU this script meets, and it halves the build time.
 if ! FUSEDMLP_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} \
@@ -23,12 +30,19 @@ if ! FUSEDMLP_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX
   step "BUILD FAILED (see build.log)"; tail -30 "$OUT/build.log"; exit 1
 fi
 
+fi
+
+if want tests; then
 step "GPU tests"
-timeout 240 $PY -m pytest tests -m gpu -q -rs -p no:cacheprovider --junitxml="$OUT/tests_gpu.xml" \
+timeout 420 $PY -m pytest tests -m gpu -q -rs -p no:cacheprovider --junitxml="$OUT/tests_gpu.xml" \
   > "$OUT/tests_gpu.log" 2>&1
 echo "pytest exit $?" | tee -a "$OUT/summary.txt"; tail -3 "$OUT/tests_gpu.log" | tee -a "$OUT/summary.txt"
 
-if command -v compute-sanitizer > /dev/null; then
+fi
+
+if ! want sanitize; then
+  :
+elif command -v compute-sanitizer > /dev/null; then
   step "compute-sanitizer memcheck (small cases)"
   timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/gpu_sanitize_case.py \
     > "$OUT/sanitizer.log" 2>&1
@@ -37,11 +51,16 @@ else
   step "compute-sanitizer not found: memcheck skipped"
 fi
 
+if want ceilings; then
 step "ceilings: copy bandwidth and cuBLAS GEMM"
 timeout 60 $PY bench/gpu_ceilings.py > "$OUT/ceilings.json" 2>> "$OUT/summary.txt"
 cat "$OUT/ceilings.json" >> "$OUT/summary.txt"
 
+fi
+
+if want bench; then
 step "benchmark"
 timeout 200 $PY -m fusedmlp.bench --out "$OUT" > "$OUT/bench.txt" 2>&1
 echo "bench exit $?" | tee -a "$OUT/summary.txt"
+fi
 step "done"

@@ -1,5 +1,6 @@
 """Small cases for compute-sanitizer memcheck (run by bench/gpu_check.sh): every fused CUDA
-and Triton kernel once, forward and backward, on odd shapes where out-of-bounds bugs live."""
+and Triton kernel once, forward and backward, on odd shapes where out-of-bounds bugs live
+(Linear+ReLU, the whole-network MLP kernels, cross-entropy including split rows)."""
 
 import torch
 
@@ -14,5 +15,18 @@ for backend in ("cuda", "triton"):
             b = torch.randn(N, device="cuda", dtype=dtype, requires_grad=True)
             linear_relu(x, w, b, backend=backend).sum().backward()
             linear(x.t().contiguous().t(), w, None, backend=backend).sum().backward()
+    for dtype in (torch.float32, torch.float16):
+        # The fully fused whole-network kernels: odd widths (padding), a batch that is not a
+        # tile multiple, and one that takes several tiles per persistent program.
+        for widths, batch in (((2, 30, 20, 2), 3), ((50, 30, 20, 3), 333), ((7, 128, 1), 1000)):
+            model = fusedmlp.FusedMLP(widths[0], widths[-1], widths[1:-1], backend=backend, device="cuda", dtype=dtype)
+            assert model.path().startswith("network:"), model.path()
+            x = torch.randn(batch, widths[0], device="cuda", dtype=dtype, requires_grad=True)
+            model(x).sum().backward()
+        # Cross-entropy, one row per warp / per block, and rows split across blocks/programs.
+        for N, C in ((5, 7), (3, 3000), (2, 20000)):
+            logits = torch.randn(N, C, device="cuda", dtype=dtype, requires_grad=True)
+            target = torch.randint(0, C, (N,), device="cuda")
+            fusedmlp.functional.cross_entropy(logits, target, backend=backend, label_smoothing=0.1).backward()
 torch.cuda.synchronize()
 print("sanitizer cases ran:", fusedmlp.available_backends("cuda"))
