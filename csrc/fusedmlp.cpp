@@ -23,6 +23,10 @@ TORCH_LIBRARY(fusedmlp, m) {
   m.def(
       "linear_relu_bwd(Tensor grad_output, Tensor input, Tensor weight, Tensor output, bool relu, "
       "bool[3] output_mask) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+  // The differentiable Linear(+ReLU): linear_relu_fwd's output, with its autograd in C++
+  // (csrc/autograd/linear_relu.cpp) whose backward is linear_relu_bwd. fusedmlp.functional
+  // calls it for the backends whose kernels are C++.
+  m.def("linear_relu(Tensor input, Tensor weight, Tensor? bias, bool relu) -> Tensor");
 
   // SGD step (torch.optim.SGD semantics), one call per (device, dtype) group of tensors, in
   // the style of ATen's _fused_sgd_. Updates params (and momentum_buffers, one per param,

@@ -14,6 +14,7 @@ from fusedmlp.autograd.cross_entropy import REDUCTIONS, CrossEntropyFunction
 from fusedmlp.autograd.linear_relu import LinearReLUFunction
 from fusedmlp.ops.cross_entropy import CPP_AUTOGRAD_BACKENDS as CE_CPP_AUTOGRAD_BACKENDS
 from fusedmlp.ops.cross_entropy import check_targets_in_range
+from fusedmlp.ops.linear_relu import CPP_AUTOGRAD_BACKENDS as LINEAR_CPP_AUTOGRAD_BACKENDS
 
 __all__ = ["cross_entropy", "linear", "linear_relu"]
 
@@ -29,10 +30,15 @@ def _linear(input: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool, b
     if weight.dim() != 2:
         raise RuntimeError(f"linear: expected a 2-D weight [out_features, in_features], got {weight.dim()}-D")
     # Like F.linear: any leading batch dims (or none, for a 1-D input) fold into the GEMM's M.
-    batch_shape = input.shape[:-1]
-    input2d = input.reshape(batch_shape.numel(), input.shape[-1])
-    out = LinearReLUFunction.apply(input2d, weight, bias, relu, backend)
-    return out.reshape(*batch_shape, weight.shape[0])
+    # A 2-D input goes in as it is: a reshape would add a view node to the autograd graph.
+    batched = input.dim() == 2
+    input2d = input if batched else input.reshape(input.shape[:-1].numel(), input.shape[-1])
+    if backend in LINEAR_CPP_AUTOGRAD_BACKENDS:
+        # The same graph as LinearReLUFunction, built in C++ (no Python on the way back).
+        out = torch.ops.fusedmlp.linear_relu(input2d, weight, bias, relu)
+    else:
+        out = LinearReLUFunction.apply(input2d, weight, bias, relu, backend)
+    return out if batched else out.reshape(*input.shape[:-1], weight.shape[0])
 
 
 def linear_relu(input: Tensor, weight: Tensor, bias: Optional[Tensor] = None, *, backend: str = "auto") -> Tensor:

@@ -41,7 +41,7 @@ def _cuda_build_expected() -> bool:
 
 # Differentiable ops whose autograd is C++ (csrc/autograd/): an Autograd kernel, and a
 # forward-only kernel below autograd for every device.
-CPP_AUTOGRAD_OPS = ["mlp", "cross_entropy"]
+CPP_AUTOGRAD_OPS = ["linear_relu", "mlp", "cross_entropy"]
 
 
 @pytest.mark.parametrize("op", CPP_AUTOGRAD_OPS)

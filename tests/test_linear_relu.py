@@ -262,6 +262,11 @@ def test_opcheck(backend, device, layout):
     torch.library.opcheck(fwd, (x, w, None, False))
     torch.library.opcheck(bwd, (g, x, w, out, True, [True, True, True]))
     torch.library.opcheck(bwd, (g, x, w, out, False, [False, True, False]))
+    if backend != "triton":  # the differentiable op, with its C++ autograd (C++ kernels only)
+        for relu, bias in ((True, b), (False, None)):
+            grad_args = (x.detach().requires_grad_(), w.detach().requires_grad_(), bias, relu)
+            torch.library.opcheck(torch.ops.fusedmlp.linear_relu, grad_args)
+            torch.library.opcheck(torch.ops.fusedmlp.linear_relu, (x, w, bias, relu))
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
