@@ -192,8 +192,9 @@ def _linear_relu_fwd_kernel(
         w = tl.load(w_ptrs, mask=k_in[:, None], other=0.0)
         # "ieee": for fp32 this forbids TF32, whose 10-bit mantissa would not match
         # torch's fp32 matmul (TF32 is off in torch by default). For fp16/bf16/fp64 it is
-        # the only precision anyway.
-        acc = tl.dot(x, w, acc, input_precision="ieee")
+        # the only precision anyway. out_dtype: Triton before 3.8 defaults it to fp32 and then
+        # rejects the fp64 accumulator (seen with triton 3.6 on the H200).
+        acc = tl.dot(x, w, acc, input_precision="ieee", out_dtype=ACC_DTYPE)
         x_ptrs += BLOCK_K * stride_xk
         w_ptrs += BLOCK_K * stride_wk
 
@@ -262,7 +263,7 @@ def _linear_relu_bwd_dx_kernel(
             y = tl.load(y_ptrs, mask=n_in[None, :], other=0.0)
             g = tl.where(y <= 0, 0.0, g)
         w = tl.load(w_ptrs, mask=n_in[:, None], other=0.0)
-        acc = tl.dot(g, w, acc, input_precision="ieee")  # ieee: see the forward kernel
+        acc = tl.dot(g, w, acc, input_precision="ieee", out_dtype=ACC_DTYPE)  # ieee: see the forward kernel
         g_ptrs += BLOCK_N * stride_gn
         y_ptrs += BLOCK_N * stride_yn
         w_ptrs += BLOCK_N * stride_wn
@@ -338,7 +339,7 @@ def _linear_relu_bwd_dw_db_kernel(
             g = tl.where(y <= 0, 0.0, g)
         if COMPUTE_DW:
             x = tl.load(x_ptrs, mask=m_in[:, None], other=0.0)
-            acc = tl.dot(g, x, acc, input_precision="ieee")  # ieee: see the forward kernel
+            acc = tl.dot(g, x, acc, input_precision="ieee", out_dtype=ACC_DTYPE)  # ieee: see the forward kernel
             x_ptrs += BLOCK_M * stride_xm
         if COMPUTE_DB:
             # Runtime branch, so only the K-tile-0 programs pay for the row sums.

@@ -222,8 +222,11 @@ def _mlp_fwd_kernel(
         k_out = tl.load(entry + 3).to(tl.int32)
         w = _load_weight(entry, cols, k_in, k_out, elem_ty)
         # "ieee": for fp32 this forbids TF32 (torch's fp32 matmul does not use it by default);
-        # for fp16/bf16/fp64 it is the only precision anyway.
-        acc = tl.dot(h, tl.trans(w), tl.zeros((BLOCK_M, W), dtype=ACC_DTYPE), input_precision="ieee")
+        # for fp16/bf16/fp64 it is the only precision anyway. out_dtype: Triton before 3.8
+        # defaults it to fp32 and then rejects the fp64 accumulator (triton 3.6 on the H200).
+        acc = tl.dot(
+            h, tl.trans(w), tl.zeros((BLOCK_M, W), dtype=ACC_DTYPE), input_precision="ieee", out_dtype=ACC_DTYPE
+        )
         if HAS_BIAS:
             b_ptr = tl.load(entry + 1).to(tl.pointer_type(elem_ty))
             acc += tl.load(b_ptr + cols, mask=cols < k_out, other=0.0).to(ACC_DTYPE)[None, :]
@@ -315,12 +318,16 @@ def _mlp_bwd_kernel(
                     dwt_ptrs = ws_dw + cols[None, :] * k_in + chunk[:, None]
                     dwt_mask = (cols[None, :] < k_out) & (chunk[:, None] < k_in)
                     dwt = tl.load(dwt_ptrs, mask=dwt_mask & accumulate, other=0.0)
-                    dwt = tl.dot(tl.trans(a_in), g, dwt, input_precision="ieee")  # ieee: see forward
+                    dwt = tl.dot(
+                        tl.trans(a_in), g, dwt, input_precision="ieee", out_dtype=ACC_DTYPE
+                    )  # ieee: see forward
                     tl.store(dwt_ptrs, dwt, mask=dwt_mask)
             if i >= propagate_from:
                 if PROP_CHUNK == 0:
                     w = _load_weight(entry, cols, k_in, k_out, elem_ty)
-                    acc = tl.dot(g, w, tl.zeros((BLOCK_M, W), dtype=ACC_DTYPE), input_precision="ieee")
+                    acc = tl.dot(
+                        g, w, tl.zeros((BLOCK_M, W), dtype=ACC_DTYPE), input_precision="ieee", out_dtype=ACC_DTYPE
+                    )
                 else:
                     # g @ W_i over PROP_CHUNK-wide slices of the reduction dim: the FMA/DMMA dots
                     # of fp32/fp64 hold whole operand rows per thread, which at W = 128 spills.
@@ -336,7 +343,7 @@ def _mlp_bwd_kernel(
                         g_chunk = tl.load(scratch + chunk[None, :]).to(elem_ty)
                         w_mask = (chunk[:, None] < k_out) & (cols[None, :] < k_in)
                         w_chunk = tl.load(w_ptr + chunk[:, None] * k_in + cols[None, :], mask=w_mask, other=0.0)
-                        acc = tl.dot(g_chunk, w_chunk, acc, input_precision="ieee")
+                        acc = tl.dot(g_chunk, w_chunk, acc, input_precision="ieee", out_dtype=ACC_DTYPE)
                 # Rounded to the dtype between layers, as autograd's mm output is.
                 g = acc.to(elem_ty)
         if INPUT_GRAD:
