@@ -94,6 +94,29 @@ def test_low_precision(backend, device, dtype):
         close_to_reference(g, r, t, floor=1e-2)
 
 
+@pytest.mark.parametrize("backend,device", [p for p in BACKEND_DEVICE if p.values[1] == "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tall_batch_of_narrow_layer_on_gpu(backend, device, dtype):
+    """A 50 -> 30 layer at 40,000 rows: the weight gradient is a 30 x 50 output summed over
+    every row, which the GPU kernels split across blocks (split-K) so the GPU is not left to
+    one block. Same values as the fp64 reference within torch's own error, and bitwise the
+    same twice (the partials are added in a fixed order)."""
+    require(backend, device)
+    torch.manual_seed(0)
+    M, K, N = 40_000, 50, 30
+    x, w, b, g = (torch.randn(*s, device=device) for s in ((M, K), (N, K), (N,), (M, N)))
+    _, ref, _, ref_grads = run_both(*(t.double() for t in (x, w, b)), True, "torch", grad=g.double())
+    args = [t.to(dtype) for t in (x, w, b)]
+    out, torch_out, grads, torch_grads = run_both(*args, True, backend, grad=g.to(dtype))
+    floor = 1e-5 if dtype == torch.float32 else 1e-2
+    close_to_reference(out, ref, torch_out, floor=floor)
+    for ours, exact, theirs in zip(grads, ref_grads, torch_grads):
+        close_to_reference(ours, exact, theirs, floor=floor)
+    _, _, again, _ = run_both(*args, True, backend, grad=g.to(dtype))
+    for first, second in zip(grads, again):
+        assert torch.equal(first, second)
+
+
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
 class TestInputSurface:
     def check(self, x, w, b, backend, relu=True, grad=None):

@@ -224,6 +224,32 @@ __device__ __forceinline__ acc_t linear_relu_epilogue(acc_t v, acc_t bias, bool 
   return (relu && v < acc_t(0)) ? acc_t(0) : v;
 }
 
+// Split-K (see launch_linear_relu_gemm): block row blockIdx.y of the grid sums k in
+// [k_begin, k_end) and writes its partial [M, N] to slice blockIdx.y of `out`. Without a
+// split (gridDim.y == 1, k_split == K) this is the whole reduction and `out` itself.
+template <typename out_t>
+__device__ __forceinline__ void split_k_range(int64_t K, int64_t k_split, int64_t& k_begin, int64_t& k_end,
+                                              out_t*& out, int64_t slice) {
+  k_begin = static_cast<int64_t>(blockIdx.y) * k_split;
+  k_end = std::min(K, k_begin + k_split);
+  out += static_cast<int64_t>(blockIdx.y) * slice;
+}
+
+// out = epilogue(sum over splits s, in order, of partials[s]): the second pass of a split-K
+// GEMM, one thread per output element (consecutive threads, consecutive elements).
+template <typename scalar_t, typename acc_t>
+__global__ void split_k_reduce_kernel(const acc_t* partials, int64_t splits, const scalar_t* bias,
+                                      int64_t bias_stride, bool relu, scalar_t* out, int64_t M, int64_t N) {
+  const int64_t numel = M * N;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < numel; i += stride) {
+    acc_t sum = acc_t(0);
+    for (int64_t s = 0; s < splits; ++s) sum += partials[s * numel + i];
+    const acc_t bias_v = bias != nullptr ? static_cast<acc_t>(bias[(i % N) * bias_stride]) : acc_t(0);
+    out[i] = static_cast<scalar_t>(linear_relu_epilogue(sum, bias_v, relu));
+  }
+}
+
 // ---------------------------------------------------------------------------
 // CUDA-core GEMM. 64x64 block tiles keep enough blocks in flight for the narrow
 // layers (width 32-512) this library targets; 256 threads each own a 4x4
@@ -247,10 +273,10 @@ __device__ __forceinline__ void load_smem_fragment(const T* src, at::opmath_type
   }
 }
 
-template <typename scalar_t, typename OperandA, typename OperandB>
+template <typename scalar_t, typename out_t, typename OperandA, typename OperandB>
 __global__ void __launch_bounds__(SimtConfig::kThreads)
     linear_relu_gemm_kernel(OperandA a, OperandB b, const scalar_t* bias, int64_t bias_stride, bool relu,
-                            scalar_t* out, int64_t M, int64_t N, int64_t K) {
+                            out_t* out, int64_t M, int64_t N, int64_t K, int64_t k_split) {
   using acc_t = at::opmath_type<scalar_t>;
   using C = SimtConfig;
   // Pad rows by 16 bytes: keeps every row 16-byte aligned for the vector reads
@@ -262,22 +288,24 @@ __global__ void __launch_bounds__(SimtConfig::kThreads)
 
   int64_t row0, col0;
   grouped_tile_origin(M, N, C::kBlockM, C::kBlockN, row0, col0);
+  int64_t k_begin, k_end;
+  split_k_range(K, k_split, k_begin, k_end, out, M * N);
   const int tx = threadIdx.x % (C::kBlockN / C::kThreadN);
   const int ty = threadIdx.x / (C::kBlockN / C::kThreadN);
 
   TileLoader<OperandA, C::kBlockM, C::kBlockK, C::kThreads> a_loader(a);
   TileLoader<OperandB, C::kBlockK, C::kBlockN, C::kThreads> b_loader(b);
-  a_loader.load(a, row0, 0, M, K);
-  b_loader.load(b, 0, col0, K, N);
+  a_loader.load(a, row0, k_begin, M, k_end);
+  b_loader.load(b, k_begin, col0, k_end, N);
 
   acc_t acc[C::kThreadM][C::kThreadN] = {};
-  for (int64_t k0 = 0; k0 < K; k0 += C::kBlockK) {
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += C::kBlockK) {
     a_loader.template store<1, C::kBlockM + kPad>(&a_tile[0][0]);
     b_loader.template store<C::kBlockN + kPad, 1>(&b_tile[0][0]);
     __syncthreads();
-    if (k0 + C::kBlockK < K) {
-      a_loader.load(a, row0, k0 + C::kBlockK, M, K);
-      b_loader.load(b, k0 + C::kBlockK, col0, K, N);
+    if (k0 + C::kBlockK < k_end) {
+      a_loader.load(a, row0, k0 + C::kBlockK, M, k_end);
+      b_loader.load(b, k0 + C::kBlockK, col0, k_end, N);
     }
 #pragma unroll
     for (int kk = 0; kk < C::kBlockK; ++kk) {
@@ -306,7 +334,7 @@ __global__ void __launch_bounds__(SimtConfig::kThreads)
 #pragma unroll
     for (int j = 0; j < C::kThreadN; ++j) {
       const int64_t col = col0 + tx * C::kThreadN + j;
-      if (col < N) out[row * N + col] = static_cast<scalar_t>(linear_relu_epilogue(acc[i][j], bias_frag[j], relu));
+      if (col < N) out[row * N + col] = static_cast<out_t>(linear_relu_epilogue(acc[i][j], bias_frag[j], relu));
     }
   }
 }
@@ -338,10 +366,10 @@ struct WmmaElement<c10::BFloat16> {
   using type = __nv_bfloat16;
 };
 
-template <typename scalar_t, typename OperandA, typename OperandB>
+template <typename scalar_t, typename out_t, typename OperandA, typename OperandB>
 __global__ void __launch_bounds__(TensorCoreConfig::kThreads)
     linear_relu_gemm_tensor_core_kernel(OperandA a, OperandB b, const scalar_t* bias, int64_t bias_stride,
-                                        bool relu, scalar_t* out, int64_t M, int64_t N, int64_t K) {
+                                        bool relu, out_t* out, int64_t M, int64_t N, int64_t K, int64_t k_split) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   // Never launched: the host picks the CUDA-core kernel below sm_80.
   __trap();
@@ -357,6 +385,8 @@ __global__ void __launch_bounds__(TensorCoreConfig::kThreads)
 
   int64_t row0, col0;
   grouped_tile_origin(M, N, C::kBlockM, C::kBlockN, row0, col0);
+  int64_t k_begin, k_end;
+  split_k_range(K, k_split, k_begin, k_end, out, M * N);
   const int warp = threadIdx.x / 32;
   const int warp_row = (warp / C::kWarpsN) * C::kWarpM;
   const int warp_col = (warp % C::kWarpsN) * C::kWarpN;
@@ -364,8 +394,8 @@ __global__ void __launch_bounds__(TensorCoreConfig::kThreads)
 
   TileLoader<OperandA, C::kBlockM, C::kBlockK, C::kThreads> a_loader(a);
   TileLoader<OperandB, C::kBlockK, C::kBlockN, C::kThreads> b_loader(b);
-  a_loader.load(a, row0, 0, M, K);
-  b_loader.load(b, 0, col0, K, N);
+  a_loader.load(a, row0, k_begin, M, k_end);
+  b_loader.load(b, k_begin, col0, k_end, N);
 
   wmma::fragment<wmma::accumulator, C::kFrag, C::kFrag, C::kFrag, float> acc[kFragsM][kFragsN];
 #pragma unroll
@@ -374,13 +404,13 @@ __global__ void __launch_bounds__(TensorCoreConfig::kThreads)
     for (int j = 0; j < kFragsN; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
   }
 
-  for (int64_t k0 = 0; k0 < K; k0 += C::kBlockK) {
+  for (int64_t k0 = k_begin; k0 < k_end; k0 += C::kBlockK) {
     a_loader.template store<C::kBlockK + C::kPadAB, 1>(&a_tile[0][0]);
     b_loader.template store<C::kBlockN + C::kPadAB, 1>(&b_tile[0][0]);
     __syncthreads();
-    if (k0 + C::kBlockK < K) {
-      a_loader.load(a, row0, k0 + C::kBlockK, M, K);
-      b_loader.load(b, k0 + C::kBlockK, col0, K, N);
+    if (k0 + C::kBlockK < k_end) {
+      a_loader.load(a, row0, k0 + C::kBlockK, M, k_end);
+      b_loader.load(b, k0 + C::kBlockK, col0, k_end, N);
     }
 #pragma unroll
     for (int kk = 0; kk < C::kBlockK; kk += C::kFrag) {
@@ -421,7 +451,7 @@ __global__ void __launch_bounds__(TensorCoreConfig::kThreads)
     const int64_t row = row0 + r, col = col0 + c;
     if (row < M && col < N) {
       const float bias_v = bias != nullptr ? static_cast<float>(bias[col * bias_stride]) : 0.0f;
-      out[row * N + col] = static_cast<scalar_t>(linear_relu_epilogue(c_tile[r][c], bias_v, relu));
+      out[row * N + col] = static_cast<out_t>(linear_relu_epilogue(c_tile[r][c], bias_v, relu));
     }
   }
 #endif
@@ -478,25 +508,73 @@ unsigned int gemm_grid_size(int64_t M, int64_t N) {
   return static_cast<unsigned int>(tiles);
 }
 
-// out[M, N] (contiguous) = epilogue(a[M, K] @ b[K, N]). bias may be null.
-template <typename scalar_t, typename OperandA, typename OperandB>
-void launch_linear_relu_gemm(const OperandA& a, const OperandB& b, const scalar_t* bias, int64_t bias_stride,
-                             bool relu, scalar_t* out, int64_t M, int64_t N, int64_t K) {
-  if (M == 0 || N == 0) return;
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+// Both GEMM bodies tile the output alike, so the grid and the split-K choice below are shared.
+static_assert(SimtConfig::kBlockM == TensorCoreConfig::kBlockM && SimtConfig::kBlockN == TensorCoreConfig::kBlockN,
+              "the GEMM kernels must share their output tile");
+constexpr int kGemmTileM = SimtConfig::kBlockM, kGemmTileN = SimtConfig::kBlockN;
+
+// Split-K. An output with fewer tiles than the GPU has SMs leaves most SMs idle while each of
+// its blocks walks the whole reduction: the weight gradient of a narrow layer is such a GEMM
+// (an [N, K] output summed over every row of the batch; 30 x 50 at batch 2^20 was one block
+// doing all the work, which made the per-layer path 0.08x eager on an H200). Those GEMMs split
+// the reduction into ranges, one grid row each, writing accumulation-dtype partials, and a
+// second kernel adds the partials in a fixed order and applies the epilogue. The split depends
+// only on the shape and the SM count, so results are reproducible on a given GPU.
+constexpr int64_t kSplitKMinLength = 1024;  // reductions per split: keeps the partials' traffic small
+constexpr int64_t kSplitKMaxSplits = 256;   // bounds the partials' memory
+constexpr int kSplitKReduceThreads = 256;
+
+// Reduction length per split (a multiple of block_k); K itself when the GEMM is not split.
+int64_t split_k_length(int64_t tiles, int64_t K, int64_t block_k) {
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  if (tiles >= sms || K < 2 * kSplitKMinLength) return K;
+  const int64_t splits = std::min({ceil_div(2 * sms, tiles), K / kSplitKMinLength, kSplitKMaxSplits});
+  return splits > 1 ? ceil_div(ceil_div(K, splits), block_k) * block_k : K;
+}
+
+// One launch of a GEMM body over grid (tiles, splits); out is [splits, M, N].
+template <typename scalar_t, typename out_t, typename OperandA, typename OperandB>
+void launch_gemm_blocks(bool tensor_cores, const OperandA& a, const OperandB& b, const scalar_t* bias,
+                        int64_t bias_stride, bool relu, out_t* out, int64_t M, int64_t N, int64_t K,
+                        int64_t k_split, int64_t splits, cudaStream_t stream) {
+  const dim3 grid(gemm_grid_size<kGemmTileM, kGemmTileN>(M, N), static_cast<unsigned int>(splits));
   if constexpr (kIsReducedFloat<scalar_t>) {
-    // wmma bf16 needs sm_80; fp16 is kept on the same path for one code path to test.
-    if (at::cuda::getCurrentDeviceProperties()->major >= 8) {
-      using C = TensorCoreConfig;
-      linear_relu_gemm_tensor_core_kernel<scalar_t><<<gemm_grid_size<C::kBlockM, C::kBlockN>(M, N), C::kThreads,
-                                                      0, stream>>>(a, b, bias, bias_stride, relu, out, M, N, K);
+    if (tensor_cores) {
+      linear_relu_gemm_tensor_core_kernel<scalar_t, out_t><<<grid, TensorCoreConfig::kThreads, 0, stream>>>(
+          a, b, bias, bias_stride, relu, out, M, N, K, k_split);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       return;
     }
   }
-  using C = SimtConfig;
-  linear_relu_gemm_kernel<scalar_t><<<gemm_grid_size<C::kBlockM, C::kBlockN>(M, N), C::kThreads, 0, stream>>>(
-      a, b, bias, bias_stride, relu, out, M, N, K);
+  linear_relu_gemm_kernel<scalar_t, out_t><<<grid, SimtConfig::kThreads, 0, stream>>>(a, b, bias, bias_stride, relu,
+                                                                                      out, M, N, K, k_split);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// out[M, N] (contiguous) = epilogue(a[M, K] @ b[K, N]). bias may be null. `options` (device,
+// dtype) are those of the result, for the split-K partials.
+template <typename scalar_t, typename OperandA, typename OperandB>
+void launch_linear_relu_gemm(const OperandA& a, const OperandB& b, const scalar_t* bias, int64_t bias_stride,
+                             bool relu, scalar_t* out, int64_t M, int64_t N, int64_t K,
+                             const at::TensorOptions& options) {
+  if (M == 0 || N == 0) return;
+  using acc_t = at::opmath_type<scalar_t>;
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  // wmma bf16 needs sm_80; fp16 is kept on the same path for one code path to test.
+  const bool tensor_cores = kIsReducedFloat<scalar_t> && at::cuda::getCurrentDeviceProperties()->major >= 8;
+  const int64_t tiles = ceil_div(M, kGemmTileM) * ceil_div(N, kGemmTileN);
+  const int64_t k_split = split_k_length(tiles, K, tensor_cores ? TensorCoreConfig::kBlockK : SimtConfig::kBlockK);
+  if (k_split >= K) {
+    launch_gemm_blocks<scalar_t>(tensor_cores, a, b, bias, bias_stride, relu, out, M, N, K, K, 1, stream);
+    return;
+  }
+  const int64_t splits = ceil_div(K, k_split);
+  at::Tensor partials = at::empty({splits, M, N}, options.dtype(c10::CppTypeToScalarType<acc_t>::value));
+  launch_gemm_blocks<scalar_t>(tensor_cores, a, b, static_cast<const scalar_t*>(nullptr), 0, false,
+                               partials.mutable_data_ptr<acc_t>(), M, N, K, k_split, splits, stream);
+  const int64_t blocks = std::min<int64_t>(ceil_div(M * N, kSplitKReduceThreads), 65535);
+  split_k_reduce_kernel<scalar_t, acc_t><<<static_cast<unsigned int>(blocks), kSplitKReduceThreads, 0, stream>>>(
+      partials.const_data_ptr<acc_t>(), splits, bias, bias_stride, relu, out, M, N);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -549,7 +627,7 @@ at::Tensor linear_relu_fwd_cuda(const at::Tensor& input, const at::Tensor& weigh
     const scalar_t* bias_ptr = bias.has_value() ? bias->const_data_ptr<scalar_t>() : nullptr;
     const int64_t bias_stride = bias.has_value() ? bias->stride(0) : 0;
     launch_linear_relu_gemm<scalar_t>(x, w_t, bias_ptr, bias_stride, relu, output.mutable_data_ptr<scalar_t>(), M,
-                                      N, K);
+                                      N, K, output.options());
   });
   return output;
 }
@@ -563,11 +641,11 @@ void linear_relu_bwd_launch(const GradView& grad_pre, const GradView& grad_pre_t
   const int64_t M = input.size(0), K = input.size(1), N = weight.size(0);
   if (output_mask[0]) {  // grad_input[M, K] = grad_pre[M, N] @ weight[N, K]
     launch_linear_relu_gemm<scalar_t>(grad_pre, strided_view<scalar_t>(weight), nullptr, 0, false,
-                                      grad_input.mutable_data_ptr<scalar_t>(), M, K, N);
+                                      grad_input.mutable_data_ptr<scalar_t>(), M, K, N, grad_input.options());
   }
   if (output_mask[1]) {  // grad_weight[N, K] = grad_pre^T[N, M] @ input[M, K]
     launch_linear_relu_gemm<scalar_t>(grad_pre_t, strided_view<scalar_t>(input), nullptr, 0, false,
-                                      grad_weight.mutable_data_ptr<scalar_t>(), N, K, M);
+                                      grad_weight.mutable_data_ptr<scalar_t>(), N, K, M, grad_weight.options());
   }
   if (output_mask[2]) {  // grad_bias[N] = grad_pre.sum(0)
     launch_relu_bias_grad<scalar_t>(grad_pre, M, N, grad_bias);
