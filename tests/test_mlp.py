@@ -576,3 +576,31 @@ def test_wide_layers_on_one_thread(fuse_network):
         assert_grads_match(model, ref)
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch", [7, 242, 243], ids=lambda b: f"batch{b}")
+def test_cpu_op_on_both_sides_of_the_small_gemm_limit(dtype, batch):
+    """The CPU op runs narrow networks through its register-blocked GEMM up to 2^19 FMAs per
+    pass (242 rows of 50-30-20-3) and through the BLAS above (243 rows); 7 rows leave a partial
+    row block and 30/20/3 columns partial vector panels. Both paths match nn.Sequential, and the
+    results do not depend on the number of threads."""
+    torch.manual_seed(0)
+    model, ref = fused_and_reference((50, 30, 20, 3), "cpu", "cpu", dtype)
+    x, grad = torch.randn(batch, 50, dtype=dtype), torch.randn(batch, 3, dtype=dtype)
+    out, ref_out, gx, ref_gx = forward_backward_both(model, ref, x, grad)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(gx, ref_gx)
+    assert_grads_match(model, ref)
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            model.zero_grad()
+            out, _, gx, _ = forward_backward_both(model, ref, x, grad)
+            results.append([out, gx, *(p.grad for p in model.parameters())])
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
