@@ -3,7 +3,7 @@
 #   OUT=/some/folder bash bench/gpu_check.sh
 # Builds the extension there, runs the GPU-marked tests (and compute-sanitizer memcheck on a
 # small case when available), measures the copy-bandwidth and cuBLAS-GEMM ceilings, runs the
-# benchmark, and writes everything (at most 8 files) to $OUT. Budget: two calls of under 10 minutes.
+# benchmark, and writes everything (logs, reports, results) to $OUT. Budget: two calls of under 10 minutes.
 #
 # Stages can be picked (default: all, in order), so that the kit fits calls with a time limit:
 #   OUT=o1 bash bench/gpu_check.sh build tests      then      OUT=o2 bash bench/gpu_check.sh sanitize ceilings bench
@@ -34,9 +34,27 @@ fi
 
 if want tests; then
 step "GPU tests"
-timeout 420 $PY -m pytest tests -m gpu -q -rs -p no:cacheprovider --junitxml="$OUT/tests_gpu.xml" \
-  > "$OUT/tests_gpu.log" 2>&1
-echo "pytest exit $?" | tee -a "$OUT/summary.txt"; tail -3 "$OUT/tests_gpu.log" | tee -a "$OUT/summary.txt"
+# A crash (a signal, e.g. a segfault) ends pytest with no report: faulthandler's traceback
+# names the test that was running; it is recorded (with a gdb backtrace when gdb is there) and
+# the run repeated without it, once, so one crash does not hide every later result.
+deselect=()
+for attempt in 1 2; do
+  timeout 420 $PY -X faulthandler -m pytest tests -m gpu -q -rs -p no:cacheprovider "${deselect[@]}" \
+    --junitxml="$OUT/tests_gpu.xml" > "$OUT/tests_gpu.log" 2>&1
+  rc=$?
+  echo "pytest exit $rc" | tee -a "$OUT/summary.txt"; tail -3 "$OUT/tests_gpu.log" | tee -a "$OUT/summary.txt"
+  (( rc > 128 && rc != 137 )) || break
+  crashed=$(grep -oE 'tests/test_[A-Za-z0-9_]+\.py", line [0-9]+ in test_[A-Za-z0-9_]+' "$OUT/tests_gpu.log" | tail -1 |
+    sed -E 's/", line [0-9]+ in /::/')
+  [[ -n "$crashed" ]] || break
+  step "CRASH in $crashed: rerunning the GPU tests without it"
+  grep -B2 -A30 "Fatal Python error" "$OUT/tests_gpu.log" > "$OUT/crash.txt"
+  if command -v gdb > /dev/null; then
+    timeout 120 gdb -q -batch -ex run -ex bt --args "$($PY -c 'import sys; print(sys.executable)')" -m pytest "$crashed" -x -q -p no:cacheprovider \
+      >> "$OUT/crash.txt" 2>&1
+  fi
+  deselect=(--deselect "$crashed")
+done
 
 fi
 

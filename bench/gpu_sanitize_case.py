@@ -1,10 +1,13 @@
 """Small cases for compute-sanitizer memcheck (run by bench/gpu_check.sh): every fused CUDA
 and Triton kernel once, forward and backward, on odd shapes where out-of-bounds bugs live
-(Linear+ReLU, the whole-network MLP kernels, cross-entropy including split rows)."""
+(Linear+ReLU including split-K weight gradients, the whole-network MLP kernels, cross-entropy
+including split rows, SGD), then two training steps of every benchmark provider but
+torch.compile (a provider once corrupted memory during the benchmark)."""
 
 import torch
 
 import fusedmlp
+from fusedmlp.bench.mlp import make_step, providers
 from fusedmlp.functional import linear, linear_relu
 
 for backend in ("cuda", "triton"):
@@ -15,6 +18,11 @@ for backend in ("cuda", "triton"):
             b = torch.randn(N, device="cuda", dtype=dtype, requires_grad=True)
             linear_relu(x, w, b, backend=backend).sum().backward()
             linear(x.t().contiguous().t(), w, None, backend=backend).sum().backward()
+        # A tall batch of a narrow layer: the weight gradient's reduction is split across blocks.
+        x = torch.randn(5000, 50, device="cuda", dtype=dtype, requires_grad=True)
+        w = torch.randn(30, 50, device="cuda", dtype=dtype, requires_grad=True)
+        b = torch.randn(30, device="cuda", dtype=dtype, requires_grad=True)
+        linear_relu(x, w, b, backend=backend).sum().backward()
     for dtype in (torch.float32, torch.float16):
         # The fully fused whole-network kernels: odd widths (padding), a batch that is not a
         # tile multiple, and one that takes several tiles per persistent program.
@@ -28,5 +36,16 @@ for backend in ("cuda", "triton"):
             logits = torch.randn(N, C, device="cuda", dtype=dtype, requires_grad=True)
             target = torch.randint(0, C, (N,), device="cuda")
             fusedmlp.functional.cross_entropy(logits, target, backend=backend, label_smoothing=0.1).backward()
+    params = [torch.randn(n, device="cuda", requires_grad=True) for n in (1, 7, 1000, 4099)]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer = fusedmlp.FusedSGD(params, lr=0.1, momentum=0.9, weight_decay=0.01, backend=backend)
+    for _ in range(2):
+        optimizer.step()
+for provider in providers(torch.device("cuda")):
+    if provider != "torch.compile":
+        step, _ = make_step(provider, (50, 30, 20, 3), 333, "cuda")
+        for _ in range(2):
+            step()
 torch.cuda.synchronize()
 print("sanitizer cases ran:", fusedmlp.available_backends("cuda"))
