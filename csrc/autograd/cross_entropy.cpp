@@ -7,6 +7,7 @@
 // CrossEntropyFunction (same saved tensor, same backward) for the backends whose kernels are
 // C++; the opt-in in-place mode stays there.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/functions/basic_ops.h>
@@ -68,13 +69,54 @@ at::Tensor mean_denominator(const at::Tensor& target, const std::optional<at::Te
   return at::where(valid, weight_of_target, at::zeros({}, options)).sum();
 }
 
-// Whether grad_output is a real (not fake or functionalized) CPU scalar equal to 1, as from
-// loss.backward(): then the saved gradient is the answer as it is. Reading a CPU value is no
-// device sync; under tracing the multiply is kept.
-bool is_plain_cpu_one(const at::Tensor& grad_output) {
+// Whether t is a real CPU tensor (not a fake or functionalized one, whose data cannot be read).
+bool is_plain_cpu(const at::Tensor& t) {
   constexpr auto traced = c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::Functionalize});
-  return grad_output.is_cpu() && grad_output.dim() == 0 && !grad_output.key_set().has_any(traced) &&
-         grad_output.item<double>() == 1.0;
+  return t.is_cpu() && !t.key_set().has_any(traced);
+}
+
+// Whether grad_output is a real CPU scalar equal to 1, as from loss.backward(): then the saved
+// gradient is the answer as it is. Reading a CPU value is no device sync; under tracing the
+// multiply is kept.
+bool is_plain_cpu_one(const at::Tensor& grad_output) {
+  return is_plain_cpu(grad_output) && grad_output.dim() == 0 && grad_output.item<double>() == 1.0;
+}
+
+// On real CPU tensors the "mean" denominator and the reduction are read and written directly:
+// a loop over a batch's targets or losses costs less than one of the five ATen calls
+// (denominator, reciprocal, reshape, sum, divide) it replaces, and together those were a third
+// of the op for a small batch. Same values as mean_denominator / sum (up to summation order).
+double cpu_mean_denominator(const at::Tensor& target, const std::optional<at::Tensor>& weight, int64_t ignore_index,
+                            int64_t num_classes) {
+  if (target.dim() == 2) return target.size(1) > 0 ? static_cast<double>(target.size(0)) : 0.0;
+  const at::Tensor target_c = target.contiguous();
+  const int64_t* t = target_c.const_data_ptr<int64_t>();
+  const at::Tensor weight_c = weight.has_value() ? as_dtype(*weight, at::kDouble).contiguous() : at::Tensor();
+  const double* w = weight_c.defined() ? weight_c.const_data_ptr<double>() : nullptr;
+  double sum = 0;
+  for (int64_t i = 0; i < target_c.numel(); ++i) {
+    // Out-of-range targets add nothing here; the kernel rejects them right after.
+    if (t[i] != ignore_index && t[i] >= 0 && t[i] < num_classes) sum += w != nullptr ? w[t[i]] : 1.0;
+  }
+  return sum;
+}
+
+// A CPU tensor of shape `sizes` and dtype `acc` holding `value` (in the dtype's precision).
+at::Tensor cpu_scalar(double value, at::IntArrayRef sizes, at::ScalarType acc) {
+  at::Tensor t = at::empty(sizes, at::TensorOptions().dtype(acc));
+  AT_DISPATCH_FLOATING_TYPES(acc, "cpu_scalar", [&] { t.mutable_data_ptr<scalar_t>()[0] = static_cast<scalar_t>(value); });
+  return t;
+}
+
+// The 0-d sum of per-row losses (acc dtype, contiguous [N]), divided by `denominator`. The sum
+// runs in double: a plain float loop would lose more than torch's cascade sum on big batches.
+at::Tensor cpu_reduce_rows(const at::Tensor& loss_rows, double denominator) {
+  double total = 0;
+  AT_DISPATCH_FLOATING_TYPES(loss_rows.scalar_type(), "cpu_reduce_rows", [&] {
+    const scalar_t* rows = loss_rows.const_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < loss_rows.numel(); ++i) total += static_cast<double>(rows[i]);
+  });
+  return cpu_scalar(total / denominator, {}, loss_rows.scalar_type());
 }
 
 struct CrossEntropyAutogradFunction : public torch::autograd::Function<CrossEntropyAutogradFunction> {
@@ -86,16 +128,26 @@ struct CrossEntropyAutogradFunction : public torch::autograd::Function<CrossEntr
     check_cross_entropy_args(logits, target, weight, std::nullopt, label_smoothing);
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     const at::ScalarType acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+    const bool plain_cpu = is_plain_cpu(logits) && is_plain_cpu(target);
     std::optional<at::Tensor> denominator, grad_scale;
-    if (reduction == Reduction::Mean) {
+    double cpu_denominator = 1.0;
+    if (reduction == Reduction::Mean && plain_cpu) {
+      cpu_denominator = cpu_mean_denominator(target, weight, ignore_index, logits.size(1));
+      grad_scale = cpu_scalar(1.0 / cpu_denominator, {1}, acc);
+    } else if (reduction == Reduction::Mean) {
       denominator = mean_denominator(target, weight, ignore_index, logits.size(1), acc);
       grad_scale = denominator->reciprocal().reshape({1});
     }
     auto [loss_rows, grad] =
         call_cross_entropy_fwd(logits, target, weight, ignore_index, label_smoothing, grad_scale, compute_grad);
-    at::Tensor loss = reduction == Reduction::None  ? loss_rows
-                      : reduction == Reduction::Sum ? loss_rows.sum()
-                                                    : loss_rows.sum().div_(*denominator);
+    at::Tensor loss;
+    if (reduction == Reduction::None) {
+      loss = loss_rows;
+    } else if (plain_cpu) {
+      loss = cpu_reduce_rows(loss_rows, cpu_denominator);
+    } else {
+      loss = reduction == Reduction::Sum ? loss_rows.sum() : loss_rows.sum().div_(*denominator);
+    }
     ctx->saved_data["reduction"] = static_cast<int64_t>(reduction);
     if (compute_grad) ctx->save_for_backward({grad});
     return as_dtype(loss, logits.scalar_type());
