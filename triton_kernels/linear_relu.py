@@ -5,6 +5,10 @@ Backward:  g = grad_y * (y > 0)  (relu only; applied while loading grad_y tiles)
            dx = g @ w            [M, K]   _linear_relu_bwd_dx_kernel
            dw = g.T @ x          [N, K]   _linear_relu_bwd_dw_db_kernel
            db = g.sum(0)         [N]      same kernel, programs with K-tile 0
+When the dw/db tile grid is too small to fill the GPU (narrow layers, large batch), the
+M rows are split across programs instead: _linear_relu_bwd_dw_db_split_kernel writes
+per-range partial sums and _sum_split_partials_kernel adds them in a fixed order (see
+_dw_db_split_plan).
 
 Only kernels and launchers live here: autograd and torch.library registration are done in
 the ``fusedmlp`` package. Launchers accept operands with any strides (including stride 0
@@ -93,7 +97,7 @@ _TILE_NAMES = {
 # _sum_split_partials_kernel is a memory-bound elementwise pass and is not autotuned: 2
 # elements per thread, times UNROLL splits loaded per loop trip so that the loads' latencies
 # overlap (the pass would otherwise wait out one memory round trip per split).
-_SPLIT_REDUCE_CONFIG = triton.Config({"BLOCK": 256, "UNROLL": 16}, num_warps=4, num_stages=1)
+_SUM_SPLIT_PARTIALS_CONFIG = triton.Config({"BLOCK": 256, "UNROLL": 16}, num_warps=4, num_stages=1)
 
 
 def _make_config(kernel_name: str, tile: tuple) -> triton.Config:
@@ -670,7 +674,7 @@ KERNELS = {
             "stride_part_split": "int",
         },
         # Not autotuned: compiled with the one config the launcher uses.
-        "config": _SPLIT_REDUCE_CONFIG,
+        "config": _SUM_SPLIT_PARTIALS_CONFIG,
         "variants": {"full": {}},
         "layouts": {"contiguous": ()},
     },
@@ -683,7 +687,8 @@ def _aot_spec(name: str, dtype: torch.dtype, cfg: triton.Config, variant: str, l
     spec = KERNELS[name]
     fn = spec["fn"]
     constexprs = dict(spec["variants"][variant])
-    constexprs["ACC_DTYPE"] = tl.float64 if dtype == torch.float64 else tl.float32
+    if "ACC_DTYPE" in fn.arg_names:
+        constexprs["ACC_DTYPE"] = _acc_dtype(dtype)
     constexprs.update(cfg.kwargs)
     unit_strides = spec["layouts"][layout]
     signature, attrs = {}, {}
@@ -839,7 +844,7 @@ def _dw_db_split_plan(
 def _sum_split_partials(partials: Tensor, out: Tensor) -> None:
     """out (contiguous, any dtype) = partials [splits, out.numel()].sum(0), in split order."""
     splits, numel = partials.shape
-    cfg = _SPLIT_REDUCE_CONFIG
+    cfg = _SUM_SPLIT_PARTIALS_CONFIG
     _sum_split_partials_kernel[(triton.cdiv(numel, cfg.kwargs["BLOCK"]),)](
         partials,
         out,
