@@ -435,6 +435,23 @@ def test_split_m_is_deterministic_and_close_to_one_pass(split_m, monkeypatch):
         torch.testing.assert_close(a, c)
 
 
+@needs_runtime
+def test_split_m_through_the_autograd_op(split_m):
+    """fusedmlp.functional.linear_relu(backend="triton"): the registered op takes the split
+    path too, and passes opcheck there."""
+    import fusedmlp.functional as FM
+
+    x, w, b, go = _make(200, 7, 5, torch.float64)
+    leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+    FM.linear_relu(*leaves, backend="triton").backward(go)
+    ref = _reference(x, w, b, True, go)
+    for leaf, want in zip(leaves, ref[1:]):
+        torch.testing.assert_close(leaf.grad, want)
+    _assert_split(split_m, 200, sums=2)
+    y = tk.linear_relu_fwd_triton(x, w, b, True)
+    torch.library.opcheck(torch.ops.fusedmlp.linear_relu_bwd_triton, (go, x, w, y, True, [True, True, True]))
+
+
 def test_split_plan(monkeypatch):
     """The plan is a pure function of shapes, dtype and SM count (no device needed)."""
     sms = 8
