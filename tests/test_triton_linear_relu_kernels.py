@@ -308,6 +308,186 @@ def test_rejects_bad_arguments():
 
 
 # ---------------------------------------------------------------------------------------
+# dw/db with the reduction over M split across programs (narrow layers, large batch).
+#
+# The split only pays off at GPU batch sizes; the `split_m` fixture lowers the minimum range
+# length to 2 row blocks so that tiny shapes split too (into several ranges and a ragged last
+# one), and records every plan and every summing pass.
+
+
+@pytest.fixture
+def split_m(monkeypatch):
+    record = {"plans": [], "sums": 0}
+    monkeypatch.setattr(tk, "_SPLIT_MIN_ROW_BLOCKS", 2)
+    plan, sum_partials = tk._dw_db_split_plan, tk._sum_split_partials
+
+    def recording_plan(*args):
+        record["plans"].append(plan(*args))
+        return record["plans"][-1]
+
+    def counting_sum(partials, out):
+        record["sums"] += 1
+        sum_partials(partials, out)
+
+    monkeypatch.setattr(tk, "_dw_db_split_plan", recording_plan)
+    monkeypatch.setattr(tk, "_sum_split_partials", counting_sum)
+    return record
+
+
+def _assert_split(record, M, sums):
+    """The last backward split M into >= 2 whole-block ranges with `sums` summing passes."""
+    splits, rows_per_split = record["plans"][-1]
+    assert splits >= 2, record["plans"]
+    assert rows_per_split % tk._SPLIT_ROW_QUANTUM == 0
+    assert (splits - 1) * rows_per_split < M <= splits * rows_per_split  # no empty range
+    assert record["sums"] == sums
+
+
+# (M, K, N): M = 200 gives 4 full ranges and a ragged 8-row one under the interpreter;
+# 192 splits evenly; 17 x 33 outputs are several tiles, each split.
+SPLIT_SHAPES = [(200, 7, 5), (192, 3, 1), (130, 33, 17)]
+
+
+@needs_runtime
+@pytest.mark.parametrize("shape", SPLIT_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
+def test_split_m_matches_torch(split_m, shape, dtype):
+    M, K, N = shape
+    x, w, b, go = _make(M, K, N, dtype)
+    _check(x, w, b, True, go)
+    _assert_split(split_m, M, sums=2)
+
+
+@needs_runtime
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_split_m_relu_and_bias_flags(split_m, relu, bias, dtype):
+    x, w, b, go = _make(200, 7, 5, dtype, bias=bias)
+    _check(x, w, b, relu, go)
+    _assert_split(split_m, 200, sums=2)
+    assert 200 % split_m["plans"][-1][1] != 0  # the last range is shorter
+
+
+@needs_runtime
+@pytest.mark.parametrize(
+    "output_mask",
+    [(a, b, c) for a in (True, False) for b in (True, False) for c in (True, False) if b or c],
+    ids=lambda m: "".join("1" if v else "0" for v in m),
+)
+def test_split_m_output_mask(split_m, output_mask):
+    """Weight grad only, bias grad only, both: one summing pass per gradient asked for."""
+    x, w, b, go = _make(200, 7, 5, torch.float64)
+    _check(x, w, b, True, go, output_mask)
+    _assert_split(split_m, 200, sums=output_mask[1] + output_mask[2])
+
+
+@needs_runtime
+def test_split_m_bias_grad_with_in_features_zero(split_m):
+    """K == 0: no dw to compute, db still splits (one program per N-tile per range)."""
+    x, w, b, go = _make(200, 0, 5, torch.float64)
+    _, (dx, dw, db) = _check(x, w, b, True, go)
+    assert dw.shape == (5, 0)
+    _assert_split(split_m, 200, sums=1)
+
+
+@needs_runtime
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_split_m_non_contiguous_operands(split_m, dtype):
+    M, K, N = 200, 7, 5
+    x, w, b, go = _make(M, K, N, dtype)
+    x_t = x.t().contiguous().t()  # column-major input
+    go_t = go.t().contiguous().t()  # column-major grad_output
+    _check(x_t, w, b, True, go_t)
+    _assert_split(split_m, M, sums=2)
+    x_big = torch.randn(2 * M, K + 3, dtype=dtype, device=DEVICE)
+    _check(x_big[::2, 1 : K + 1], w, b, False, go)  # row-strided, offset input
+    go_expanded = torch.randn(1, N, dtype=dtype, device=DEVICE).expand(M, N)  # stride (0, 1)
+    _check(x, w, b, True, go_expanded)
+    assert split_m["sums"] == 6 and all(splits >= 2 for splits, _ in split_m["plans"])
+
+
+@needs_runtime
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_split_m_batch_zero(split_m, dtype):
+    x, w, b, go = _make(0, 7, 5, dtype)
+    y = tk.linear_relu_fwd_triton(x, w, b, True)
+    dx, dw, db = tk.linear_relu_bwd_triton(go, x, w, y, True, [True, True, True])
+    assert dx.shape == (0, 7)
+    torch.testing.assert_close(dw, torch.zeros(5, 7, dtype=dtype, device=DEVICE), rtol=0, atol=0)
+    torch.testing.assert_close(db, torch.zeros(5, dtype=dtype, device=DEVICE), rtol=0, atol=0)
+    assert split_m["sums"] == 0
+
+
+@needs_runtime
+def test_split_m_is_deterministic_and_close_to_one_pass(split_m, monkeypatch):
+    x, w, b, go = _make(200, 7, 5, torch.float32)
+    y = tk.linear_relu_fwd_triton(x, w, b, True)
+    split1 = tk.linear_relu_bwd_triton(go, x, w, y, True, [False, True, True])
+    split2 = tk.linear_relu_bwd_triton(go, x, w, y, True, [False, True, True])
+    _assert_split(split_m, 200, sums=4)
+    for a, c in zip(split1[1:], split2[1:]):
+        assert torch.equal(a, c)  # bitwise: fixed ranges, fixed summing order, no atomics
+    monkeypatch.setattr(tk, "_SPLIT_MIN_ROW_BLOCKS", 10**9)  # M too short to split
+    whole = tk.linear_relu_bwd_triton(go, x, w, y, True, [False, True, True])
+    assert split_m["plans"][-1] == (1, 200) and split_m["sums"] == 4
+    for a, c in zip(split1[1:], whole[1:]):
+        torch.testing.assert_close(a, c)
+
+
+@needs_runtime
+def test_split_m_through_the_autograd_op(split_m):
+    """fusedmlp.functional.linear_relu(backend="triton"): the registered op takes the split
+    path too, and passes opcheck there."""
+    import fusedmlp.functional as FM
+
+    x, w, b, go = _make(200, 7, 5, torch.float64)
+    leaves = [t.detach().requires_grad_() for t in (x, w, b)]
+    FM.linear_relu(*leaves, backend="triton").backward(go)
+    ref = _reference(x, w, b, True, go)
+    for leaf, want in zip(leaves, ref[1:]):
+        torch.testing.assert_close(leaf.grad, want)
+    _assert_split(split_m, 200, sums=2)
+    y = tk.linear_relu_fwd_triton(x, w, b, True)
+    torch.library.opcheck(torch.ops.fusedmlp.linear_relu_bwd_triton, (go, x, w, y, True, [True, True, True]))
+
+
+def test_split_plan(monkeypatch):
+    """The plan is a pure function of shapes, dtype and SM count (no device needed)."""
+    sms = 8
+    monkeypatch.setattr(tk, "_sm_count", lambda device: sms)
+    quantum = tk._SPLIT_ROW_QUANTUM
+    min_rows = tk._SPLIT_MIN_ROW_BLOCKS * quantum
+
+    def plan(M, N, K, compute_dw=True):
+        return tk._dw_db_split_plan(M, N, K, compute_dw, torch.float32, torch.device("cpu"))
+
+    assert plan(2 * min_rows - 1, 1, 1) == (1, 2 * min_rows - 1)  # too short for two ranges
+    assert plan(2 * min_rows, 1, 1) == (2, min_rows)
+    splits, rows = plan(1 << 20, 1, 1)
+    assert splits == min(tk._SPLIT_PROGRAMS_PER_SM * sms, tk._SPLIT_MAX) and rows % quantum == 0
+    assert (splits - 1) * rows < 1 << 20 <= splits * rows
+    # A tile grid as large as the GPU is never split; without dw only the N-tiles count.
+    wide = sms * tk._largest_dw_tile(torch.float32)["BLOCK_K"]
+    assert plan(1 << 20, 1, wide) == (1, 1 << 20)
+    assert plan(1 << 20, 1, wide, compute_dw=False)[0] > 1
+
+
+def test_split_plan_h200_narrow_layer(monkeypatch):
+    """The case that motivated the split: a 50 -> 30 layer at batch 2**20 on an H200 (132 SMs,
+    GPU tiles: one fp32 dw tile covers 30 x 50)."""
+    name = "_linear_relu_bwd_dw_db_split_kernel"
+    monkeypatch.setattr(tk, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(tk, "_largest_dw_tile", lambda dtype: tk.gpu_configs(name, dtype)[0].kwargs)
+    gpu_blocks_m = {c.kwargs["BLOCK_M"] for d in tk.SUPPORTED_DTYPES for c in tk.gpu_configs(name, d)}
+    monkeypatch.setattr(tk, "_SPLIT_ROW_QUANTUM", max(gpu_blocks_m))  # powers of two: max is the lcm
+    cpu = torch.device("cpu")
+    splits, rows = tk._dw_db_split_plan(1 << 20, 30, 50, True, torch.float32, cpu)
+    assert splits == tk._SPLIT_MAX and rows == (1 << 20) // tk._SPLIT_MAX
+    assert tk._dw_db_split_plan(128, 30, 50, True, torch.float32, cpu) == (1, 128)
+
+
+# ---------------------------------------------------------------------------------------
 # AOT compile for sm_80 / sm_90, no GPU needed (tests/support.py runs the compile script).
 
 
@@ -344,20 +524,14 @@ class TestAOTCompile:
         assert not spilled, "\n".join(spilled)
 
     def test_sm90_half_precision_uses_wgmma(self, aot_report):
-        rows = [
-            r
-            for r in aot_report
-            if "error" not in r
-            and r["arch"] == 90
-            and r["dtype"] in ("float16", "bfloat16")
-            and r["variant"] != "db_only"
-        ]  # db_only has no dot
+        rows = [r for r in aot_report if "error" not in r and r["arch"] == 90 and r["dtype"] in ("float16", "bfloat16")]
+        rows = [r for r in rows if _has_dot(r)]
         # Triton lowers a dot to wgmma for tiles of >= 64 rows with >= 4 warps; smaller tiles
         # (kept for tiny layers) use mma.sync. Every such config must get wgmma, and every
         # kernel/dtype must have at least one.
         missing = [_label(r) for r in rows if r["num_warps"] >= 4 and _tile_rows(r) >= 64 and not r["wgmma"]]
         assert not missing, "expected wgmma in:\n" + "\n".join(missing)
-        for kernel in tk.KERNELS:
+        for kernel in {r["kernel"] for r in rows}:
             for dtype in ("float16", "bfloat16"):
                 assert any(r["wgmma"] for r in rows if r["kernel"] == kernel and r["dtype"] == dtype), (kernel, dtype)
 
@@ -365,7 +539,7 @@ class TestAOTCompile:
         # fp16/bf16 (and fp64, via DMMA) dots lower to mma.sync on sm_80; fp32 with
         # input_precision="ieee" must NOT (tensor-core fp32 would be TF32).
         for r in aot_report:
-            if "error" in r or r["arch"] != 80 or r["variant"] == "db_only":  # db_only has no dot
+            if "error" in r or r["arch"] != 80 or not _has_dot(r):
                 continue
             if r["dtype"] == "float32":
                 assert not r["mma_sync"], _label(r)
@@ -379,5 +553,11 @@ def _tile_rows(r):
         "_linear_relu_fwd_kernel": "BLOCK_M",
         "_linear_relu_bwd_dx_kernel": "BLOCK_M",
         "_linear_relu_bwd_dw_db_kernel": "BLOCK_N",
+        "_linear_relu_bwd_dw_db_split_kernel": "BLOCK_N",
     }[r["kernel"]]
     return r["config"][rows_name]
+
+
+def _has_dot(r):
+    # db_only computes no dw; summing the split partials is elementwise.
+    return r["variant"] != "db_only" and r["kernel"] != "_sum_split_partials_kernel"

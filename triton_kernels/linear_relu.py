@@ -5,6 +5,10 @@ Backward:  g = grad_y * (y > 0)  (relu only; applied while loading grad_y tiles)
            dx = g @ w            [M, K]   _linear_relu_bwd_dx_kernel
            dw = g.T @ x          [N, K]   _linear_relu_bwd_dw_db_kernel
            db = g.sum(0)         [N]      same kernel, programs with K-tile 0
+When the dw/db tile grid is too small to fill the GPU (narrow layers, large batch), the
+M rows are split across programs instead: _linear_relu_bwd_dw_db_split_kernel writes
+per-range partial sums and _sum_split_partials_kernel adds them in a fixed order (see
+_dw_db_split_plan).
 
 Only kernels and launchers live here: autograd and torch.library registration are done in
 the ``fusedmlp`` package. Launchers accept operands with any strides (including stride 0
@@ -18,6 +22,7 @@ configs in the interpreter costs time and measures nothing.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from typing import Optional
 
@@ -86,7 +91,13 @@ _TILE_NAMES = {
     "_linear_relu_fwd_kernel": ("BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"),
     "_linear_relu_bwd_dx_kernel": ("BLOCK_M", "BLOCK_K", "BLOCK_N", "GROUP_M"),
     "_linear_relu_bwd_dw_db_kernel": ("BLOCK_N", "BLOCK_K", "BLOCK_M", "GROUP_N"),
+    "_linear_relu_bwd_dw_db_split_kernel": ("BLOCK_N", "BLOCK_K", "BLOCK_M", "GROUP_N"),
 }
+
+# _sum_split_partials_kernel is a memory-bound elementwise pass and is not autotuned: 2
+# elements per thread, times UNROLL splits loaded per loop trip so that the loads' latencies
+# overlap (the pass would otherwise wait out one memory round trip per split).
+_SUM_SPLIT_PARTIALS_CONFIG = triton.Config({"BLOCK": 256, "UNROLL": 16}, num_warps=4, num_stages=1)
 
 
 def _make_config(kernel_name: str, tile: tuple) -> triton.Config:
@@ -274,6 +285,73 @@ def _linear_relu_bwd_dx_kernel(
 
 
 @triton.jit
+def _dw_db_tile_sums(
+    g_ptr,
+    y_ptr,
+    x_ptr,
+    pid_n,
+    pid_k,
+    m_start,
+    num_rows,
+    N,
+    K,
+    stride_gm,
+    stride_gn,
+    stride_ym,
+    stride_yn,
+    stride_xm,
+    stride_xk,
+    RELU: tl.constexpr,
+    COMPUTE_DW: tl.constexpr,
+    COMPUTE_DB: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    # The dw tile [BLOCK_N, BLOCK_K] = g.T @ x and the db tile [BLOCK_N] = g.sum(0) of
+    # output tile (pid_n, pid_k), summed over the rows m_start <= m < m_start + num_rows in
+    # ascending BLOCK_M steps. db is the same reduction over the same g tiles, so the programs in
+    # K-tile column 0 sum it too: grad_output is read once for dw and db.
+    stride_gm = tl.cast(stride_gm, tl.int64)
+    stride_ym = tl.cast(stride_ym, tl.int64)
+    stride_xm = tl.cast(stride_xm, tl.int64)
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    rows = m_start + offs_m
+    offs_n_ld = offs_n % N
+    # g.T tile [BLOCK_N, BLOCK_M] read straight from grad_output through its strides.
+    g_ptrs = g_ptr + offs_n_ld[:, None] * stride_gn + rows[None, :] * stride_gm
+    y_ptrs = y_ptr + offs_n_ld[:, None] * stride_yn + rows[None, :] * stride_ym
+    if COMPUTE_DW:
+        offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        offs_k_ld = offs_k % K
+        x_ptrs = x_ptr + rows[:, None] * stride_xm + offs_k_ld[None, :] * stride_xk
+
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=ACC_DTYPE)
+    db_acc = tl.zeros((BLOCK_N,), dtype=ACC_DTYPE)
+    for m0 in range(0, num_rows, BLOCK_M):
+        m_in = (m0 + offs_m) < num_rows
+        g = tl.load(g_ptrs, mask=m_in[None, :], other=0.0)
+        if RELU:
+            # Mask in registers, torch's threshold_backward semantics (see dx kernel).
+            y = tl.load(y_ptrs, mask=m_in[None, :], other=0.0)
+            g = tl.where(y <= 0, 0.0, g)
+        if COMPUTE_DW:
+            x = tl.load(x_ptrs, mask=m_in[:, None], other=0.0)
+            acc = tl.dot(g, x, acc, input_precision="ieee", out_dtype=ACC_DTYPE)  # ieee: see the forward kernel
+            x_ptrs += BLOCK_M * stride_xm
+        if COMPUTE_DB:
+            # Runtime branch, so only the K-tile-0 programs pay for the row sums.
+            if pid_k == 0:
+                db_acc += tl.sum(g.to(ACC_DTYPE), axis=1)
+        g_ptrs += BLOCK_M * stride_gm
+        y_ptrs += BLOCK_M * stride_ym
+    return acc, db_acc
+
+
+@triton.jit
 def _linear_relu_bwd_dw_db_kernel(
     g_ptr,
     y_ptr,
@@ -301,60 +379,135 @@ def _linear_relu_bwd_dw_db_kernel(
     BLOCK_M: tl.constexpr,
     GROUP_N: tl.constexpr,
 ):
-    # dw[N, K] = g.T[N, M] @ x[M, K]; output tile N x K, reduction over M.
-    # db[N] = sum_m g[m, n] is the same reduction over the same g tiles, so the programs in
-    # K-tile column 0 also sum them: grad_output is read once for dw and db, and every db
-    # element has exactly one owner (deterministic, no atomics).
+    # dw[N, K] = g.T[N, M] @ x[M, K]; output tile N x K, reduction over all M rows.
+    # db[N] = sum_m g[m, n], by the programs in K-tile column 0: every db element has
+    # exactly one owner (deterministic, no atomics).
     # Without COMPUTE_DW (weight grad not needed, or K == 0) the grid is one program per
     # N-tile and only db is computed.
+    # When this grid is too small to fill the GPU, the launcher uses the split-M kernel
+    # below instead.
     pid = tl.program_id(0).to(tl.int64)
     if COMPUTE_DW:
         num_pid_k = tl.cdiv(K, BLOCK_K)
     else:
         num_pid_k = 1
     pid_n, pid_k = _grouped_tile(pid, tl.cdiv(N, BLOCK_N), num_pid_k, GROUP_N)
-    stride_gm = tl.cast(stride_gm, tl.int64)
-    stride_ym = tl.cast(stride_ym, tl.int64)
-    stride_xm = tl.cast(stride_xm, tl.int64)
+    acc, db_acc = _dw_db_tile_sums(
+        g_ptr, y_ptr, x_ptr, pid_n, pid_k, 0, M, N, K,
+        stride_gm, stride_gn, stride_ym, stride_yn, stride_xm, stride_xk,
+        RELU, COMPUTE_DW, COMPUTE_DB, ACC_DTYPE, BLOCK_N, BLOCK_K, BLOCK_M,
+    )  # fmt: skip
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_n_ld = offs_n % N
-    # g.T tile [BLOCK_N, BLOCK_M] read straight from grad_output through its strides.
-    g_ptrs = g_ptr + offs_n_ld[:, None] * stride_gn + offs_m[None, :] * stride_gm
-    y_ptrs = y_ptr + offs_n_ld[:, None] * stride_yn + offs_m[None, :] * stride_ym
-    if COMPUTE_DW:
-        offs_k_ld = offs_k % K
-        x_ptrs = x_ptr + offs_m[:, None] * stride_xm + offs_k_ld[None, :] * stride_xk
-
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=ACC_DTYPE)
-    db_acc = tl.zeros((BLOCK_N,), dtype=ACC_DTYPE)
-    for m0 in range(0, M, BLOCK_M):
-        m_in = (m0 + offs_m) < M
-        g = tl.load(g_ptrs, mask=m_in[None, :], other=0.0)
-        if RELU:
-            # Mask in registers, torch's threshold_backward semantics (see dx kernel).
-            y = tl.load(y_ptrs, mask=m_in[None, :], other=0.0)
-            g = tl.where(y <= 0, 0.0, g)
-        if COMPUTE_DW:
-            x = tl.load(x_ptrs, mask=m_in[:, None], other=0.0)
-            acc = tl.dot(g, x, acc, input_precision="ieee", out_dtype=ACC_DTYPE)  # ieee: see the forward kernel
-            x_ptrs += BLOCK_M * stride_xm
-        if COMPUTE_DB:
-            # Runtime branch, so only the K-tile-0 programs pay for the row sums.
-            if pid_k == 0:
-                db_acc += tl.sum(g.to(ACC_DTYPE), axis=1)
-        g_ptrs += BLOCK_M * stride_gm
-        y_ptrs += BLOCK_M * stride_ym
-
     mask_n = offs_n < N
     if COMPUTE_DW:
+        offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
         dw_ptrs = dw_ptr + offs_n[:, None] * stride_dwn + offs_k[None, :] * stride_dwk
         mask = mask_n[:, None] & (offs_k[None, :] < K)
         tl.store(dw_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=mask)
     if COMPUTE_DB:
         tl.store(db_ptr + offs_n * stride_db, db_acc.to(db_ptr.dtype.element_ty), mask=mask_n & (pid_k == 0))
+
+
+@triton.jit
+def _linear_relu_bwd_dw_db_split_kernel(
+    g_ptr,
+    y_ptr,
+    x_ptr,
+    dw_part_ptr,
+    db_part_ptr,
+    M,
+    N,
+    K,
+    rows_per_split,
+    stride_gm,
+    stride_gn,
+    stride_ym,
+    stride_yn,
+    stride_xm,
+    stride_xk,
+    stride_dwp_split,
+    stride_dwp_n,
+    stride_dwp_k,
+    stride_dbp_split,
+    stride_dbp_n,
+    RELU: tl.constexpr,
+    COMPUTE_DW: tl.constexpr,
+    COMPUTE_DB: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    GROUP_N: tl.constexpr,
+):
+    # The dw/db kernel above with the M reduction split into contiguous row ranges of
+    # rows_per_split (a multiple of BLOCK_M): for narrow layers one program per output tile
+    # would walk all M rows while most SMs idle. Program (tile, split) writes its partial
+    # sums, unrounded, to row `split` of the ACC_DTYPE workspaces dw_part [splits, N, K] and
+    # db_part [splits, N]; _sum_split_partials_kernel then adds the splits in a fixed order.
+    # The program id is split up in int32 (ptxas calls a subroutine for int64 division,
+    # whose stack frame showed up as spills); the tile indices are then widened so that every
+    # offset is int64 as in the other kernels. Row indices stay int32: the launcher splits
+    # only M < 2**31.
+    pid = tl.program_id(0)
+    if COMPUTE_DW:
+        num_pid_k = tl.cdiv(K, BLOCK_K)
+    else:
+        num_pid_k = 1
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    # Tile index fastest: programs launched together share the rows of one split.
+    num_tiles = num_pid_n * num_pid_k
+    pid_n, pid_k = _grouped_tile(pid % num_tiles, num_pid_n, num_pid_k, GROUP_N)
+    pid_n = pid_n.to(tl.int64)
+    pid_k = pid_k.to(tl.int64)
+    split = pid // num_tiles
+    m_start = split * rows_per_split
+    num_rows = tl.minimum(M - m_start, rows_per_split)
+    acc, db_acc = _dw_db_tile_sums(
+        g_ptr, y_ptr, x_ptr, pid_n, pid_k, m_start, num_rows, N, K,
+        stride_gm, stride_gn, stride_ym, stride_yn, stride_xm, stride_xk,
+        RELU, COMPUTE_DW, COMPUTE_DB, ACC_DTYPE, BLOCK_N, BLOCK_K, BLOCK_M,
+    )  # fmt: skip
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    if COMPUTE_DW:
+        offs_k = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+        dw_ptrs = dw_part_ptr + split.to(tl.int64) * stride_dwp_split
+        dw_ptrs += offs_n[:, None] * stride_dwp_n + offs_k[None, :] * stride_dwp_k
+        mask = mask_n[:, None] & (offs_k[None, :] < K)
+        tl.store(dw_ptrs, acc, mask=mask)
+    if COMPUTE_DB:
+        db_ptrs = db_part_ptr + split.to(tl.int64) * stride_dbp_split + offs_n * stride_dbp_n
+        tl.store(db_ptrs, db_acc, mask=mask_n & (pid_k == 0))
+
+
+@triton.jit
+def _sum_split_partials_kernel(
+    part_ptr,
+    out_ptr,
+    numel,
+    splits,
+    stride_part_split,
+    BLOCK: tl.constexpr,
+    UNROLL: tl.constexpr,
+):
+    # out[i] = part[0, i] + part[1, i] + ... + part[splits - 1, i], added in that order in
+    # the accumulator dtype and rounded once: the same bits on every run (no atomics).
+    # `part` is [splits, numel] with unit stride along numel; `out` is contiguous.
+    # UNROLL loads per loop trip are independent, so their memory latencies overlap; the
+    # masked tail loads add +0.0, which leaves every sum unchanged (acc starts at +0.0 and
+    # so is never -0.0).
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    stride_part_split = tl.cast(stride_part_split, tl.int64)
+    acc = tl.zeros((BLOCK,), dtype=part_ptr.dtype.element_ty)
+    for s0 in range(0, splits, UNROLL):
+        for u in tl.static_range(UNROLL):
+            in_range = mask & (s0 + u < splits)
+            acc += tl.load(part_ptr + (s0 + u) * stride_part_split + offs, mask=in_range, other=0.0)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # Autotuned entry points. Kept separate from the raw JIT functions so the AOT test can
@@ -374,6 +527,11 @@ _linear_relu_bwd_dw_db = triton.autotune(
     key=["M", "N", "K"],
     prune_configs_by=_make_prune("_linear_relu_bwd_dw_db_kernel", "g_ptr"),
 )(_linear_relu_bwd_dw_db_kernel)
+_linear_relu_bwd_dw_db_split = triton.autotune(
+    configs=_autotune_configs("_linear_relu_bwd_dw_db_split_kernel"),
+    key=["M", "N", "K", "rows_per_split"],
+    prune_configs_by=_make_prune("_linear_relu_bwd_dw_db_split_kernel", "g_ptr"),
+)(_linear_relu_bwd_dw_db_split_kernel)
 
 
 # ---------------------------------------------------------------------------------------
@@ -470,6 +628,56 @@ KERNELS = {
             "grad_expanded": ("stride_yn", "stride_xk", "stride_dwk", "stride_db"),
         },
     },
+    "_linear_relu_bwd_dw_db_split_kernel": {
+        "fn": _linear_relu_bwd_dw_db_split_kernel,
+        "args": {
+            "g_ptr": "ptr",
+            "y_ptr": "ptr",
+            "x_ptr": "ptr",
+            "dw_part_ptr": "acc_ptr",
+            "db_part_ptr": "acc_ptr",
+            "M": "int",
+            "N": "int",
+            "K": "int",
+            "rows_per_split": "int",
+            "stride_gm": "int",
+            "stride_gn": "int",
+            "stride_ym": "int",
+            "stride_yn": "int",
+            "stride_xm": "int",
+            "stride_xk": "int",
+            "stride_dwp_split": "int",
+            "stride_dwp_n": "int",
+            "stride_dwp_k": "int",
+            "stride_dbp_split": "int",
+            "stride_dbp_n": "int",
+        },
+        "variants": {
+            "full": {"RELU": True, "COMPUTE_DW": True, "COMPUTE_DB": True},
+            "plain": {"RELU": False, "COMPUTE_DW": True, "COMPUTE_DB": False},
+            "db_only": {"RELU": True, "COMPUTE_DW": False, "COMPUTE_DB": True},
+        },
+        # The workspaces are always contiguous.
+        "layouts": {
+            "contiguous": ("stride_gn", "stride_yn", "stride_xk", "stride_dwp_k", "stride_dbp_n"),
+            "transposed": ("stride_gn", "stride_yn", "stride_xm", "stride_dwp_k", "stride_dbp_n"),
+            "grad_expanded": ("stride_yn", "stride_xk", "stride_dwp_k", "stride_dbp_n"),
+        },
+    },
+    "_sum_split_partials_kernel": {
+        "fn": _sum_split_partials_kernel,
+        "args": {
+            "part_ptr": "acc_ptr",
+            "out_ptr": "ptr",
+            "numel": "int",
+            "splits": "int",
+            "stride_part_split": "int",
+        },
+        # Not autotuned: compiled with the one config the launcher uses.
+        "config": _SUM_SPLIT_PARTIALS_CONFIG,
+        "variants": {"full": {}},
+        "layouts": {"contiguous": ()},
+    },
 }
 
 _TRITON_PTR_TYPE = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64"}
@@ -479,7 +687,8 @@ def _aot_spec(name: str, dtype: torch.dtype, cfg: triton.Config, variant: str, l
     spec = KERNELS[name]
     fn = spec["fn"]
     constexprs = dict(spec["variants"][variant])
-    constexprs["ACC_DTYPE"] = tl.float64 if dtype == torch.float64 else tl.float32
+    if "ACC_DTYPE" in fn.arg_names:
+        constexprs["ACC_DTYPE"] = _acc_dtype(dtype)
     constexprs.update(cfg.kwargs)
     unit_strides = spec["layouts"][layout]
     signature, attrs = {}, {}
@@ -487,8 +696,9 @@ def _aot_spec(name: str, dtype: torch.dtype, cfg: triton.Config, variant: str, l
         kind = spec["args"].get(arg)
         if arg in constexprs:
             signature[arg] = "constexpr"
-        elif kind == "ptr":
-            signature[arg] = _TRITON_PTR_TYPE[dtype]
+        elif kind in ("ptr", "acc_ptr"):
+            # "acc_ptr": a workspace in the accumulation dtype (fp32, or fp64 for fp64).
+            signature[arg] = _TRITON_PTR_TYPE[dtype if kind == "ptr" else _acc_torch_dtype(dtype)]
             attrs[(i,)] = [["tt.divisibility", 16]]
         elif kind != "int":
             raise KeyError(f"{name}: no AOT kind for argument {arg!r}")
@@ -528,7 +738,7 @@ def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
     """
     for name, spec in KERNELS.items():
         for dtype in dtypes:
-            cfgs = gpu_configs(name, dtype)
+            cfgs = [spec["config"]] if "config" in spec else gpu_configs(name, dtype)
             for cfg in cfgs:
                 yield _aot_spec(name, dtype, cfg, "full", "contiguous")
             for variant in spec["variants"]:
@@ -548,18 +758,198 @@ def _device_guard(t: Tensor):
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
-def _tile_grid(rows: int, cols: int, row_block: str, col_block: Optional[str]):
-    """1-D launch grid over (rows x cols) output tiles, sized by the chosen config."""
+def _tile_grid(rows: int, cols: int, row_block: str, col_block: Optional[str], splits: int = 1):
+    """1-D launch grid over (rows x cols) output tiles (times `splits` row ranges of the
+    reduction), sized by the chosen config."""
 
     def grid(meta):
         n = triton.cdiv(rows, meta[row_block])
-        return (n * triton.cdiv(cols, meta[col_block]) if col_block else n,)
+        return ((n * triton.cdiv(cols, meta[col_block]) if col_block else n) * splits,)
 
     return grid
 
 
 def _acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _acc_torch_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+# ---------------------------------------------------------------------------------------
+# Splitting the dw/db reduction over M.
+#
+# The dw/db grid has one program per (N-tile, K-tile) output tile, and each walks all M
+# rows. For narrow layers (e.g. 30 x 50: one tile) at large batch that is one program doing
+# all the work while every other SM idles. When the tile grid is smaller than the GPU, the
+# M rows are split into contiguous ranges so that tiles x splits programs fill the SMs a few
+# times over; the per-range partial sums go to an fp32 (fp64 for fp64) workspace and a
+# second pass adds them in a fixed order. The plan depends only on the shapes, the dtype
+# (whose autotune family sets the largest tile) and the device's SM count -- never on
+# timing -- so a given problem on a given GPU is always summed in the same order, and the
+# result is bitwise the same from run to run (for the config the autotuner picked).
+
+# Aim for this many dw/db programs per SM.
+_SPLIT_PROGRAMS_PER_SM = 4
+# Each range covers at least this many row blocks, so that a program's work outweighs its
+# share of the workspace round trip.
+_SPLIT_MIN_ROW_BLOCKS = 8
+# Caps the workspace at _SPLIT_MAX x N x K accumulators and the summing pass's loop.
+_SPLIT_MAX = 256
+# The interpreter has no SMs; planning for a small GPU keeps the split path reachable there.
+_INTERPRET_SM_COUNT = 8
+# Range lengths are multiples of every BLOCK_M the autotuner may pick, so each program's
+# rows are whole blocks except at the end of M.
+_SPLIT_ROW_QUANTUM = math.lcm(
+    *(cfg.kwargs["BLOCK_M"] for cfg in _autotune_configs("_linear_relu_bwd_dw_db_split_kernel"))
+)
+
+
+def _sm_count(device: torch.device) -> int:
+    if INTERPRET:
+        return _INTERPRET_SM_COUNT
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _largest_dw_tile(dtype: torch.dtype) -> dict:
+    """BLOCK_N, BLOCK_K, ... of the largest dw/db tile the autotuner may pick for `dtype`:
+    the one that makes the fewest tiles."""
+    name = "_linear_relu_bwd_dw_db_split_kernel"
+    return (_autotune_configs(name) if INTERPRET else gpu_configs(name, dtype))[0].kwargs
+
+
+def _dw_db_split_plan(
+    M: int, N: int, K: int, compute_dw: bool, dtype: torch.dtype, device: torch.device
+) -> tuple[int, int]:
+    """(splits, rows_per_split) for the dw/db reduction over M rows; (1, M) means no split."""
+    largest = _largest_dw_tile(dtype)
+    tiles = triton.cdiv(N, largest["BLOCK_N"]) * (triton.cdiv(K, largest["BLOCK_K"]) if compute_dw else 1)
+    sm_count = _sm_count(device)
+    if tiles >= sm_count or M >= 2**31:
+        # The grid already covers the GPU, or M is too long for the split kernel's int32 rows.
+        return 1, M
+    splits = min(
+        _SPLIT_PROGRAMS_PER_SM * sm_count // tiles,
+        M // (_SPLIT_MIN_ROW_BLOCKS * _SPLIT_ROW_QUANTUM),
+        _SPLIT_MAX,
+    )
+    if splits < 2:
+        return 1, M
+    rows_per_split = triton.cdiv(triton.cdiv(M, splits), _SPLIT_ROW_QUANTUM) * _SPLIT_ROW_QUANTUM
+    # Rounding the ranges up to whole quanta may leave fewer, never empty, ranges.
+    return triton.cdiv(M, rows_per_split), rows_per_split
+
+
+def _sum_split_partials(partials: Tensor, out: Tensor) -> None:
+    """out (contiguous, any dtype) = partials [splits, out.numel()].sum(0), in split order."""
+    splits, numel = partials.shape
+    cfg = _SUM_SPLIT_PARTIALS_CONFIG
+    _sum_split_partials_kernel[(triton.cdiv(numel, cfg.kwargs["BLOCK"]),)](
+        partials,
+        out,
+        numel,
+        splits,
+        partials.stride(0),
+        **cfg.kwargs,
+        num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages,
+    )
+
+
+def _dw_db_whole_m(
+    grad_output: Tensor,
+    y: Tensor,
+    x: Tensor,
+    grad_weight: Tensor,
+    grad_bias: Tensor,
+    K: int,
+    relu: bool,
+    compute_dw: bool,
+    compute_db: bool,
+) -> None:
+    """grad_weight / grad_bias with one program per output tile, each summing all M rows."""
+    M, N = grad_output.shape
+    # Placeholders for the outputs the constexpr flags leave unused.
+    dw = grad_weight if compute_dw else grad_output
+    db = grad_bias if compute_db else grad_output
+    grid = _tile_grid(N, K, "BLOCK_N", "BLOCK_K" if compute_dw else None)
+    _linear_relu_bwd_dw_db[grid](
+        grad_output,
+        y,
+        x,
+        dw,
+        db,
+        M,
+        N,
+        K,
+        grad_output.stride(0),
+        grad_output.stride(1),
+        y.stride(0),
+        y.stride(1),
+        x.stride(0),
+        x.stride(1),
+        dw.stride(0),
+        dw.stride(1),
+        db.stride(0),
+        RELU=relu,
+        COMPUTE_DW=compute_dw,
+        COMPUTE_DB=compute_db,
+        ACC_DTYPE=_acc_dtype(grad_output.dtype),
+    )
+
+
+def _dw_db_split_m(
+    grad_output: Tensor,
+    y: Tensor,
+    x: Tensor,
+    grad_weight: Tensor,
+    grad_bias: Tensor,
+    K: int,
+    relu: bool,
+    compute_dw: bool,
+    compute_db: bool,
+    splits: int,
+    rows_per_split: int,
+) -> None:
+    """grad_weight / grad_bias (fresh contiguous tensors) by the split-M kernel and the
+    summing pass: see _dw_db_split_plan."""
+    M, N = grad_output.shape
+    acc_dtype = _acc_torch_dtype(grad_output.dtype)
+    # Each element of a workspace is written by exactly one program, so no zeroing.
+    dw_part = torch.empty((splits, N, K), dtype=acc_dtype, device=grad_output.device) if compute_dw else None
+    db_part = torch.empty((splits, N), dtype=acc_dtype, device=grad_output.device) if compute_db else None
+    # A workspace not asked for is stood in for by the other one (never dereferenced).
+    dw_arg = dw_part if compute_dw else db_part
+    db_arg = db_part if compute_db else dw_part
+    grid = _tile_grid(N, K, "BLOCK_N", "BLOCK_K" if compute_dw else None, splits)
+    _linear_relu_bwd_dw_db_split[grid](
+        grad_output,
+        y,
+        x,
+        dw_arg,
+        db_arg,
+        M,
+        N,
+        K,
+        rows_per_split,
+        grad_output.stride(0),
+        grad_output.stride(1),
+        y.stride(0),
+        y.stride(1),
+        x.stride(0),
+        x.stride(1),
+        *(dw_part.stride() if compute_dw else (0, 0, 0)),
+        *(db_part.stride() if compute_db else (0, 0)),
+        RELU=relu,
+        COMPUTE_DW=compute_dw,
+        COMPUTE_DB=compute_db,
+        ACC_DTYPE=_acc_dtype(grad_output.dtype),
+    )
+    if compute_dw:
+        _sum_split_partials(dw_part.view(splits, N * K), grad_weight)
+    if compute_db:
+        _sum_split_partials(db_part, grad_bias)
 
 
 def _check_dtype(name: str, t: Tensor, dtype: torch.dtype) -> None:
@@ -700,33 +1090,14 @@ def linear_relu_bwd_triton(
             grad_bias = alloc((N,), dtype=input.dtype, device=input.device)
         compute_dw = need_dw and K > 0
         if M > 0 and N > 0 and (compute_dw or need_db):
-            # Placeholders for pointers the constexpr flags leave unused.
+            # Placeholder for the input pointer when only db is computed (never dereferenced).
             x = input if compute_dw else grad_output
-            dw = grad_weight if compute_dw else grad_output
-            db = grad_bias if need_db else grad_output
+            splits, rows_per_split = _dw_db_split_plan(M, N, K, compute_dw, input.dtype, input.device)
             with _device_guard(input):
-                grid = _tile_grid(N, K, "BLOCK_N", "BLOCK_K" if compute_dw else None)
-                _linear_relu_bwd_dw_db[grid](
-                    grad_output,
-                    y,
-                    x,
-                    dw,
-                    db,
-                    M,
-                    N,
-                    K,
-                    grad_output.stride(0),
-                    grad_output.stride(1),
-                    y.stride(0),
-                    y.stride(1),
-                    x.stride(0),
-                    x.stride(1),
-                    dw.stride(0),
-                    dw.stride(1),
-                    db.stride(0),
-                    RELU=relu,
-                    COMPUTE_DW=compute_dw,
-                    COMPUTE_DB=need_db,
-                    ACC_DTYPE=acc_dtype,
-                )
+                if splits == 1:
+                    _dw_db_whole_m(grad_output, y, x, grad_weight, grad_bias, K, relu, compute_dw, need_db)
+                else:
+                    _dw_db_split_m(
+                        grad_output, y, x, grad_weight, grad_bias, K, relu, compute_dw, need_db, splits, rows_per_split
+                    )
     return grad_input, grad_weight, grad_bias
