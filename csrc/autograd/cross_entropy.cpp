@@ -10,10 +10,10 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
-#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
 
 #include <fusedmlp/cross_entropy.h>
+#include <fusedmlp/once_differentiable.h>
 
 namespace fusedmlp {
 namespace {
@@ -174,15 +174,9 @@ struct CrossEntropyAutogradFunction : public torch::autograd::Function<CrossEntr
     }
     variable_list grads(7);
     grads[0] = std::move(grad_logits);
-    if (at::GradMode::is_enabled()) {
-      // No double backward: as with Python's @once_differentiable, differentiating through
-      // this gradient raises instead of treating it as a constant.
-      grads[0] = grads[0].detach().requires_grad_(true);
-      torch::autograd::DelayedError error(
-          "fusedmlp::cross_entropy: trying to differentiate twice; the fused cross-entropy has no double backward", 1);
-      grads[0] = error.apply({grads[0]})[0];
-    }
-    return grads;
+    return once_differentiable(
+        std::move(grads),
+        "fusedmlp::cross_entropy: trying to differentiate twice; the fused cross-entropy has no double backward");
   }
 };
 

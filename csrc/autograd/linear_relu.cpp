@@ -10,8 +10,9 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
-#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
+
+#include <fusedmlp/once_differentiable.h>
 
 namespace fusedmlp {
 namespace {
@@ -68,15 +69,9 @@ struct LinearReLUAutogradFunction : public torch::autograd::Function<LinearReLUA
       if (output_mask[1]) grads[1] = std::move(grad_weight);
       if (output_mask[2]) grads[2] = std::move(grad_bias);
     }
-    if (!at::GradMode::is_enabled()) return grads;
-    // No double backward: as with Python's @once_differentiable, differentiating through these
-    // gradients raises instead of treating them as constants.
-    for (at::Tensor& grad : grads) {
-      if (grad.defined()) grad = grad.detach().requires_grad_(true);
-    }
-    torch::autograd::DelayedError error(
-        "fusedmlp::linear_relu: trying to differentiate twice; the fused Linear+ReLU op has no double backward", 4);
-    return error.apply(std::move(grads));
+    return once_differentiable(
+        std::move(grads),
+        "fusedmlp::linear_relu: trying to differentiate twice; the fused Linear+ReLU op has no double backward");
   }
 };
 

@@ -10,8 +10,9 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
-#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/library.h>
+
+#include <fusedmlp/once_differentiable.h>
 
 namespace fusedmlp {
 namespace {
@@ -38,25 +39,6 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> call_ml
       c10::Dispatcher::singleton().findSchemaOrThrow("fusedmlp::mlp_bwd", "").typed<MlpBwdSignature>();
   return op.call(grad_output, input, weights, activations, input_grad, std::move(weight_grads),
                  std::move(bias_grads));
-}
-
-// Like Python's @once_differentiable: gradients computed with create_graph=True carry a node
-// that raises if anything differentiates through them, instead of silently acting as
-// constants (mlp_bwd has no derivative of its own).
-variable_list once_differentiable(variable_list grads) {
-  bool any_defined = false;
-  for (at::Tensor& grad : grads) {
-    if (grad.defined()) {
-      grad = grad.detach();
-      grad.set_requires_grad(true);
-      any_defined = true;
-    }
-  }
-  if (!any_defined) return grads;
-  torch::autograd::DelayedError error(
-      "fusedmlp::mlp: trying to differentiate twice; the whole-network MLP op has no double backward",
-      static_cast<int64_t>(grads.size()));
-  return error.apply(std::move(grads));
 }
 
 struct MLPAutogradFunction : public torch::autograd::Function<MLPAutogradFunction> {
@@ -101,7 +83,9 @@ struct MLPAutogradFunction : public torch::autograd::Function<MLPAutogradFunctio
         if (has_bias && bias_grads[i]) grads[1 + layers + i] = std::move(grad_biases[i]);
       }
     }
-    return at::GradMode::is_enabled() ? once_differentiable(std::move(grads)) : grads;
+    return once_differentiable(std::move(grads),
+                               "fusedmlp::mlp: trying to differentiate twice; the whole-network MLP op has no double "
+                               "backward");
   }
 };
 
