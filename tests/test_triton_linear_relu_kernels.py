@@ -6,40 +6,26 @@ run on CUDA. The AOT tests compile every kernel x autotune config x dtype for sm
 sm_90 in subprocesses (no GPU needed) and check spills and wgmma.
 """
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
-from support import AOT_ARCHS, run_triton_aot
+from support import (
+    AOT_ARCHS,
+    TRITON_DEVICE,
+    needs_triton_runtime,
+    run_triton_aot,
+    skip_bf16_under_interpreter,
+)
 
 triton = pytest.importorskip("triton")
 
 from fusedmlp.triton_kernels import linear_relu as tk  # noqa: E402
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-if INTERPRET:
-    DEVICE = "cpu"
-elif torch.cuda.is_available():
-    DEVICE = "cuda"
-else:
-    DEVICE = None
-
-needs_runtime = pytest.mark.skipif(
-    DEVICE is None,
-    reason="Triton kernels need a CUDA device or TRITON_INTERPRET=1 (set by tests/conftest.py "
-    "before triton is imported when no GPU is present)",
-)
-
-# The interpreter (Triton 3.8) keeps bf16 as raw uint16 and runs tl.dot and comparisons on
-# those bits, so bf16 results there are garbage for reasons that have nothing to do with our
-# kernels. bf16 is covered on GPU and by the AOT compile.
-_BF16_SKIP = pytest.mark.skipif(INTERPRET, reason="Triton interpreter computes bf16 dot/compare on raw bits")
 DTYPES = [
     torch.float64,
     torch.float32,
     torch.float16,
-    pytest.param(torch.bfloat16, marks=_BF16_SKIP),
+    pytest.param(torch.bfloat16, marks=skip_bf16_under_interpreter),
 ]
 
 # (M, K, N). The interpreter config uses 16x16x16 tiles, so 15/16/17 are BLOCK-1/BLOCK/BLOCK+1.
@@ -64,7 +50,7 @@ def _make(M, K, N, dtype, *, bias=True, seed=0):
     w = torch.randn(N, K, generator=g, dtype=torch.float64) / max(K, 1) ** 0.5
     b = torch.randn(N, generator=g, dtype=torch.float64) if bias else None
     go = torch.randn(M, N, generator=g, dtype=torch.float64)
-    cast = lambda t: None if t is None else t.to(dtype=dtype, device=DEVICE)  # noqa: E731
+    cast = lambda t: None if t is None else t.to(dtype=dtype, device=TRITON_DEVICE)  # noqa: E731
     return cast(x), cast(w), cast(b), cast(go)
 
 
@@ -145,7 +131,7 @@ def _check(x, w, b, relu, go, output_mask=(True, True, True), *, y=None):
 # Interpreter / GPU correctness.
 
 
-@needs_runtime
+@needs_triton_runtime
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_matches_torch(shape, dtype):
@@ -154,7 +140,7 @@ def test_matches_torch(shape, dtype):
     _check(x, w, b, True, go)
 
 
-@needs_runtime
+@needs_triton_runtime
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
@@ -163,7 +149,7 @@ def test_relu_and_bias_flags(relu, bias, dtype):
     _check(x, w, b, relu, go)
 
 
-@needs_runtime
+@needs_triton_runtime
 @pytest.mark.parametrize(
     "output_mask",
     [(a, b, c) for a in (True, False) for b in (True, False) for c in (True, False)],
@@ -174,7 +160,7 @@ def test_output_mask(output_mask):
     _check(x, w, b, True, go, output_mask)
 
 
-@needs_runtime
+@needs_triton_runtime
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_non_contiguous_operands(dtype):
     M, K, N = 19, 21, 18
@@ -186,24 +172,24 @@ def test_non_contiguous_operands(dtype):
     assert not x_t.is_contiguous() and not w_t.is_contiguous() and b_s.stride() == (2,)
     _check(x_t, w_t, b_s, True, go_t)
     # A sliced (row-strided) input and weight.
-    x_big = torch.randn(2 * M, K + 3, dtype=dtype, device=DEVICE)
+    x_big = torch.randn(2 * M, K + 3, dtype=dtype, device=TRITON_DEVICE)
     _check(x_big[::2, 1 : K + 1], w, b, False, go)
 
 
-@needs_runtime
+@needs_triton_runtime
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
 def test_expanded_grad_output(relu):
     """grad_output of y.sum() is a stride-(0, 0) expanded tensor."""
     M, K, N = 20, 9, 17
     x, w, b, _ = _make(M, K, N, torch.float64)
-    go = torch.ones(1, 1, dtype=x.dtype, device=DEVICE).expand(M, N)
+    go = torch.ones(1, 1, dtype=x.dtype, device=TRITON_DEVICE).expand(M, N)
     assert go.stride() == (0, 0)
     _check(x, w, b, relu, go)
-    go_row = torch.randn(1, N, dtype=x.dtype, device=DEVICE).expand(M, N)  # stride (0, 1)
+    go_row = torch.randn(1, N, dtype=x.dtype, device=TRITON_DEVICE).expand(M, N)  # stride (0, 1)
     _check(x, w, b, relu, go_row)
 
 
-@needs_runtime
+@needs_triton_runtime
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_batch_zero(dtype):
     x, w, b, go = _make(0, 6, 5, dtype)
@@ -211,22 +197,22 @@ def test_batch_zero(dtype):
     assert y.shape == (0, 5)
     dx, dw, db = tk.linear_relu_bwd_triton(go, x, w, y, True, [True, True, True])
     assert dx.shape == (0, 6)
-    torch.testing.assert_close(dw, torch.zeros(5, 6, dtype=dtype, device=DEVICE), rtol=0, atol=0)
-    torch.testing.assert_close(db, torch.zeros(5, dtype=dtype, device=DEVICE), rtol=0, atol=0)
+    torch.testing.assert_close(dw, torch.zeros(5, 6, dtype=dtype, device=TRITON_DEVICE), rtol=0, atol=0)
+    torch.testing.assert_close(db, torch.zeros(5, dtype=dtype, device=TRITON_DEVICE), rtol=0, atol=0)
 
 
-@needs_runtime
+@needs_triton_runtime
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 def test_in_features_zero(relu, bias):
     x, w, b, go = _make(4, 0, 5, torch.float64, bias=bias)
     if bias:
-        b = torch.tensor([1.0, -2.0, 0.5, -0.25, 3.0], dtype=x.dtype, device=DEVICE)
+        b = torch.tensor([1.0, -2.0, 0.5, -0.25, 3.0], dtype=x.dtype, device=TRITON_DEVICE)
     y, (dx, dw, db) = _check(x, w, b, relu, go)
     assert dx.shape == (4, 0) and dw.shape == (5, 0)
 
 
-@needs_runtime
+@needs_triton_runtime
 def test_out_features_zero():
     x, w, b, go = _make(4, 3, 0, torch.float64)
     y = tk.linear_relu_fwd_triton(x, w, b, True)
@@ -236,19 +222,19 @@ def test_out_features_zero():
     assert dw.shape == (0, 3) and db.shape == (0,)
 
 
-@needs_runtime
+@needs_triton_runtime
 def test_relu_mask_uses_output_sign():
     """Exact zeros in the output block the gradient; the mask comes from `output`."""
-    x = torch.tensor([[1.0, -1.0], [2.0, 3.0]], dtype=torch.float64, device=DEVICE)
-    w = torch.tensor([[1.0, 1.0], [-1.0, 2.0], [0.0, -1.0]], dtype=torch.float64, device=DEVICE)
-    go = torch.ones(2, 3, dtype=torch.float64, device=DEVICE)
+    x = torch.tensor([[1.0, -1.0], [2.0, 3.0]], dtype=torch.float64, device=TRITON_DEVICE)
+    w = torch.tensor([[1.0, 1.0], [-1.0, 2.0], [0.0, -1.0]], dtype=torch.float64, device=TRITON_DEVICE)
+    go = torch.ones(2, 3, dtype=torch.float64, device=TRITON_DEVICE)
     y = tk.linear_relu_fwd_triton(x, w, None, True)
     torch.testing.assert_close(y, torch.relu(x @ w.t()), rtol=0, atol=0)
     assert (y == 0).any()
     _check(x, w, None, True, go, y=y)
 
 
-@needs_runtime
+@needs_triton_runtime
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_canary_views_and_no_mutation(dtype):
     """Operands are views into larger NaN-filled buffers: any read outside the view that
@@ -257,7 +243,7 @@ def test_canary_views_and_no_mutation(dtype):
     x0, w0, b0, go0 = _make(M, K, N, dtype)
 
     def embed(t, pad):
-        big = torch.full(tuple(s + 2 * pad for s in t.shape), float("nan"), dtype=dtype, device=DEVICE)
+        big = torch.full(tuple(s + 2 * pad for s in t.shape), float("nan"), dtype=dtype, device=TRITON_DEVICE)
         view = big[tuple(slice(pad, pad + s) for s in t.shape)]
         view.copy_(t)
         return big, view
@@ -279,7 +265,7 @@ def test_canary_views_and_no_mutation(dtype):
         assert not g.isnan().any()
 
 
-@needs_runtime
+@needs_triton_runtime
 def test_deterministic():
     x, w, b, go = _make(40, 20, 24, torch.float32)
     y1 = tk.linear_relu_fwd_triton(x, w, b, True)
@@ -291,7 +277,7 @@ def test_deterministic():
         assert torch.equal(a, c)
 
 
-@needs_runtime
+@needs_triton_runtime
 def test_rejects_bad_arguments():
     x, w, b, go = _make(3, 4, 5, torch.float64)
     with pytest.raises(RuntimeError, match="in_features"):
@@ -348,7 +334,7 @@ def _assert_split(record, M, sums):
 SPLIT_SHAPES = [(200, 7, 5), (192, 3, 1), (130, 33, 17)]
 
 
-@needs_runtime
+@needs_triton_runtime
 @pytest.mark.parametrize("shape", SPLIT_SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
 def test_split_m_matches_torch(split_m, shape, dtype):
@@ -358,7 +344,7 @@ def test_split_m_matches_torch(split_m, shape, dtype):
     _assert_split(split_m, M, sums=2)
 
 
-@needs_runtime
+@needs_triton_runtime
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
@@ -369,7 +355,7 @@ def test_split_m_relu_and_bias_flags(split_m, relu, bias, dtype):
     assert 200 % split_m["plans"][-1][1] != 0  # the last range is shorter
 
 
-@needs_runtime
+@needs_triton_runtime
 @pytest.mark.parametrize(
     "output_mask",
     [(a, b, c) for a in (True, False) for b in (True, False) for c in (True, False) if b or c],
@@ -382,7 +368,7 @@ def test_split_m_output_mask(split_m, output_mask):
     _assert_split(split_m, 200, sums=output_mask[1] + output_mask[2])
 
 
-@needs_runtime
+@needs_triton_runtime
 def test_split_m_bias_grad_with_in_features_zero(split_m):
     """K == 0: no dw to compute, db still splits (one program per N-tile per range)."""
     x, w, b, go = _make(200, 0, 5, torch.float64)
@@ -391,7 +377,7 @@ def test_split_m_bias_grad_with_in_features_zero(split_m):
     _assert_split(split_m, 200, sums=1)
 
 
-@needs_runtime
+@needs_triton_runtime
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_split_m_non_contiguous_operands(split_m, dtype):
     M, K, N = 200, 7, 5
@@ -400,26 +386,26 @@ def test_split_m_non_contiguous_operands(split_m, dtype):
     go_t = go.t().contiguous().t()  # column-major grad_output
     _check(x_t, w, b, True, go_t)
     _assert_split(split_m, M, sums=2)
-    x_big = torch.randn(2 * M, K + 3, dtype=dtype, device=DEVICE)
+    x_big = torch.randn(2 * M, K + 3, dtype=dtype, device=TRITON_DEVICE)
     _check(x_big[::2, 1 : K + 1], w, b, False, go)  # row-strided, offset input
-    go_expanded = torch.randn(1, N, dtype=dtype, device=DEVICE).expand(M, N)  # stride (0, 1)
+    go_expanded = torch.randn(1, N, dtype=dtype, device=TRITON_DEVICE).expand(M, N)  # stride (0, 1)
     _check(x, w, b, True, go_expanded)
     assert split_m["sums"] == 6 and all(splits >= 2 for splits, _ in split_m["plans"])
 
 
-@needs_runtime
+@needs_triton_runtime
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_split_m_batch_zero(split_m, dtype):
     x, w, b, go = _make(0, 7, 5, dtype)
     y = tk.linear_relu_fwd_triton(x, w, b, True)
     dx, dw, db = tk.linear_relu_bwd_triton(go, x, w, y, True, [True, True, True])
     assert dx.shape == (0, 7)
-    torch.testing.assert_close(dw, torch.zeros(5, 7, dtype=dtype, device=DEVICE), rtol=0, atol=0)
-    torch.testing.assert_close(db, torch.zeros(5, dtype=dtype, device=DEVICE), rtol=0, atol=0)
+    torch.testing.assert_close(dw, torch.zeros(5, 7, dtype=dtype, device=TRITON_DEVICE), rtol=0, atol=0)
+    torch.testing.assert_close(db, torch.zeros(5, dtype=dtype, device=TRITON_DEVICE), rtol=0, atol=0)
     assert split_m["sums"] == 0
 
 
-@needs_runtime
+@needs_triton_runtime
 def test_split_m_is_deterministic_and_close_to_one_pass(split_m, monkeypatch):
     x, w, b, go = _make(200, 7, 5, torch.float32)
     y = tk.linear_relu_fwd_triton(x, w, b, True)
@@ -435,7 +421,7 @@ def test_split_m_is_deterministic_and_close_to_one_pass(split_m, monkeypatch):
         torch.testing.assert_close(a, c)
 
 
-@needs_runtime
+@needs_triton_runtime
 def test_split_m_through_the_autograd_op(split_m):
     """fusedmlp.functional.linear_relu(backend="triton"): the registered op takes the split
     path too, and passes opcheck there."""

@@ -11,35 +11,23 @@ dtype x padded width for sm_80 and sm_90 (no GPU needed).
 """
 
 import itertools
-import os
 
 import pytest
 import torch
-from support import AOT_ARCHS, close_to_reference, run_triton_aot
+from support import (
+    AOT_ARCHS,
+    TRITON_DEVICE,
+    close_to_reference,
+    needs_triton_runtime,
+    run_triton_aot,
+    skip_bf16_under_interpreter,
+)
 
 triton = pytest.importorskip("triton")
 
 from fusedmlp.triton_kernels import mlp as tk  # noqa: E402
 
 from fusedmlp.ops.mlp import mlp_bwd_torch  # noqa: E402
-
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-if INTERPRET:
-    DEVICE = "cpu"
-elif torch.cuda.is_available():
-    DEVICE = "cuda"
-else:
-    DEVICE = None
-
-needs_runtime = pytest.mark.skipif(
-    DEVICE is None,
-    reason="Triton kernels need a CUDA device or TRITON_INTERPRET=1 (set by tests/conftest.py "
-    "before triton is imported when no GPU is present)",
-)
-
-# The interpreter (Triton 3.8) keeps bf16 as raw uint16 and runs tl.dot and comparisons on
-# those bits, so bf16 is checked on GPU and by the AOT compile only.
-_BF16_SKIP = pytest.mark.skipif(INTERPRET, reason="Triton interpreter computes bf16 dot/compare on raw bits")
 
 # Layer widths [K0, K1, ..., KL]: the padded tile width W is 16/32/64/128 across them, with the
 # odd widths both hidden and at the input/output.
@@ -59,7 +47,7 @@ def _make(dims, M, dtype, *, bias=True, seed=0):
     weights = [torch.randn(o, i, generator=g, dtype=torch.float64) / i**0.5 for i, o in zip(dims, dims[1:])]
     biases = [0.5 * torch.randn(o, generator=g, dtype=torch.float64) for o in dims[1:]] if bias else []
     go = torch.randn(M, dims[-1], generator=g, dtype=torch.float64)
-    cast = lambda t: t.to(dtype=dtype, device=DEVICE)  # noqa: E731
+    cast = lambda t: t.to(dtype=dtype, device=TRITON_DEVICE)  # noqa: E731
     return cast(x), [cast(w) for w in weights], [cast(b) for b in biases], cast(go)
 
 
@@ -119,7 +107,7 @@ def _assert_matches(result, x, weights, biases, go):
 # Against nn.Sequential.
 
 
-@needs_runtime
+@needs_triton_runtime
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("M", [1, 16, 33])
 @pytest.mark.parametrize("net", list(NETS), ids=list(NETS))
@@ -128,10 +116,10 @@ def test_fp64_matches_sequential(net, M, bias):
     _assert_matches(_run(x, weights, biases, go), x, weights, biases, go)
 
 
-@needs_runtime
+@needs_triton_runtime
 @pytest.mark.parametrize("M", [15, 17, 70])
 @pytest.mark.parametrize(
-    "dtype", [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=_BF16_SKIP)], ids=str
+    "dtype", [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=skip_bf16_under_interpreter)], ids=str
 )
 @pytest.mark.parametrize("net", ["2-30-20-2", "64x4", "7-128-5"])
 def test_low_precision_matches_sequential(net, dtype, M):
@@ -141,7 +129,7 @@ def test_low_precision_matches_sequential(net, dtype, M):
     _assert_matches(_run(x, weights, biases, go), x, weights, biases, go)
 
 
-@needs_runtime
+@needs_triton_runtime
 def test_activations_are_the_hidden_relu_outputs():
     x, weights, biases, _ = _make(NETS["50-30-20-3"], 17, torch.float64)
     out, acts = tk.mlp_fwd_triton(x, weights, biases)
@@ -153,7 +141,7 @@ def test_activations_are_the_hidden_relu_outputs():
     assert len(acts) == len(weights) - 1 and out.shape == (17, 3)
 
 
-@needs_runtime
+@needs_triton_runtime
 @pytest.mark.parametrize(("dims", "bias"), [([5, 16, 3], True), ([6, 20, 12, 4], False)], ids=["2layer", "3layer"])
 def test_every_subset_of_gradients(dims, bias):
     """Each subset of (input, weight, bias) gradients: the wanted ones match autograd, the others
@@ -184,7 +172,7 @@ def test_every_subset_of_gradients(dims, bias):
 # Edge cases.
 
 
-@needs_runtime
+@needs_triton_runtime
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 def test_batch_zero(dtype, bias):
@@ -199,7 +187,7 @@ def test_batch_zero(dtype, bias):
         torch.testing.assert_close(g, torch.zeros_like(b), rtol=0, atol=0)
 
 
-@needs_runtime
+@needs_triton_runtime
 def test_deterministic():
     """Weight/bias gradients are reduced in a fixed order: two runs are bitwise equal (70 rows
     are 5 tiles over 3 persistent programs under the interpreter)."""
@@ -210,7 +198,7 @@ def test_deterministic():
         assert torch.equal(a, b)
 
 
-@needs_runtime
+@needs_triton_runtime
 def test_nan_activation_passes_gradient():
     """threshold_backward's rule: the mask blocks where act <= 0, so NaN passes its gradient;
     a NaN input propagates through the forward like torch.relu (no tl.maximum NaN dropping)."""
@@ -234,7 +222,7 @@ def test_nan_activation_passes_gradient():
         torch.testing.assert_close(a, r, equal_nan=True)
 
 
-@needs_runtime
+@needs_triton_runtime
 def test_non_contiguous_and_canary_views():
     """Operands are strided views into larger NaN-filled buffers (x transposed and sliced,
     weights transposed, grad_output expanded with stride 0): any read outside a view would turn
@@ -245,7 +233,9 @@ def test_non_contiguous_and_canary_views():
     want = _flat(_run(x, weights, biases, go.contiguous()))
 
     def embed_transposed(t, pad):
-        big = torch.full((t.shape[1] + 2 * pad, t.shape[0] + 2 * pad), float("nan"), dtype=t.dtype, device=DEVICE)
+        big = torch.full(
+            (t.shape[1] + 2 * pad, t.shape[0] + 2 * pad), float("nan"), dtype=t.dtype, device=TRITON_DEVICE
+        )
         view = big[pad : pad + t.shape[1], pad : pad + t.shape[0]]
         view.copy_(t.t())
         return big, view.t()
@@ -289,7 +279,7 @@ class _TritonMLP(torch.autograd.Function):
         return (None, *grads)
 
 
-@needs_runtime
+@needs_triton_runtime
 @pytest.mark.parametrize(("dims", "bias"), [([3, 5, 2], True), ([4, 6, 5, 3], False)], ids=["2layer", "3layer"])
 def test_gradcheck_fp64(dims, bias):
     x, weights, biases, _ = _make(dims, 5, torch.float64, bias=bias)
@@ -301,19 +291,22 @@ def test_gradcheck_fp64(dims, bias):
 # Coverage and bad arguments.
 
 
-@needs_runtime
+@needs_triton_runtime
 def test_covers_and_rejects_uncovered_shapes():
     x, weights, biases, go = _make([8, 16, 4], 3, torch.float64)
     assert tk.covers(x, weights) and tk.uncovered_reason(x, weights) is None
     assert tk.MAX_WIDTH == 128 and tk.MAX_LAYERS == 8
-    wide = [torch.zeros(129, 8, dtype=x.dtype, device=DEVICE), torch.zeros(4, 129, dtype=x.dtype, device=DEVICE)]
-    wide_in = torch.zeros(3, 129, dtype=x.dtype, device=DEVICE)
-    deep = [torch.zeros(8, 8, dtype=x.dtype, device=DEVICE) for _ in range(tk.MAX_LAYERS + 1)]
+    wide = [
+        torch.zeros(129, 8, dtype=x.dtype, device=TRITON_DEVICE),
+        torch.zeros(4, 129, dtype=x.dtype, device=TRITON_DEVICE),
+    ]
+    wide_in = torch.zeros(3, 129, dtype=x.dtype, device=TRITON_DEVICE)
+    deep = [torch.zeros(8, 8, dtype=x.dtype, device=TRITON_DEVICE) for _ in range(tk.MAX_LAYERS + 1)]
     cases = [
         (x, wide, "MAX_WIDTH"),
-        (wide_in, [torch.zeros(4, 129, dtype=x.dtype, device=DEVICE)], "MAX_WIDTH"),
+        (wide_in, [torch.zeros(4, 129, dtype=x.dtype, device=TRITON_DEVICE)], "MAX_WIDTH"),
         (x, deep, "MAX_LAYERS"),
-        (x[:, :0], [torch.zeros(4, 0, dtype=x.dtype, device=DEVICE)], "width"),
+        (x[:, :0], [torch.zeros(4, 0, dtype=x.dtype, device=TRITON_DEVICE)], "width"),
         (x.to(torch.int32), [w.to(torch.int32) for w in weights], "dtype"),
     ]
     for inp, ws, match in cases:
@@ -324,17 +317,17 @@ def test_covers_and_rejects_uncovered_shapes():
     assert "2-D" in tk.uncovered_reason(x[None], weights)
     with pytest.raises(RuntimeError, match="MAX_WIDTH"):
         tk.mlp_bwd_triton(
-            torch.zeros(3, 4, dtype=x.dtype, device=DEVICE),
+            torch.zeros(3, 4, dtype=x.dtype, device=TRITON_DEVICE),
             x,
             wide,
-            [torch.zeros(3, 129, dtype=x.dtype, device=DEVICE)],
+            [torch.zeros(3, 129, dtype=x.dtype, device=TRITON_DEVICE)],
             True,
             [True] * 2,
             [],
         )
 
 
-@needs_runtime
+@needs_triton_runtime
 def test_rejects_bad_arguments():
     x, weights, biases, go = _make([8, 16, 4], 3, torch.float64)
     _, acts = tk.mlp_fwd_triton(x, weights, biases)

@@ -18,7 +18,6 @@ the loss (see _cross_entropy_split); partial results are combined in a fixed ord
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 from typing import Optional
@@ -27,6 +26,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from ._launch import device_guard
 
 __all__ = ["cross_entropy_fwd_triton", "KERNELS", "SUPPORTED_DTYPES", "aot_compile_specs"]
 
@@ -561,11 +562,6 @@ def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
         }
 
 
-def _device_guard(t: Tensor):
-    # Triton launches on torch's current device/stream; make that the tensors' device.
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
-
-
 def cross_entropy_fwd_triton(
     logits: Tensor,
     target: Tensor,
@@ -594,7 +590,7 @@ def cross_entropy_fwd_triton(
         return _cross_entropy_split(
             logits, target, weight, ignore_index, label_smoothing, grad_scale, grad, loss, block, num_warps, split_c
         )
-    with _device_guard(logits):
+    with device_guard(logits):
         _cross_entropy_fwd_kernel[(N,)](
             logits,
             logits.stride(0),
@@ -657,7 +653,7 @@ def _cross_entropy_split(
     weight_args = (weight if weight is not None else logits, weight.stride(0) if weight is not None else 0)
     target_args = (target, target.stride(0), target.stride(1) if prob else 0)
     smoothing = float(max(label_smoothing, 0.0))
-    with _device_guard(logits):
+    with device_guard(logits):
         _cross_entropy_split_stats_kernel[(N, splits)](
             logits, logits.stride(0), logits.stride(1), *target_args, *weight_args, stats, xt,
             C, ignore_index, smoothing, split_c, splits,

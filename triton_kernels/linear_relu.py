@@ -21,7 +21,6 @@ configs in the interpreter costs time and measures nothing.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from typing import Optional
@@ -30,6 +29,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from ._launch import device_guard
 
 __all__ = [
     "linear_relu_fwd_triton",
@@ -753,11 +754,6 @@ def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
 # Launchers.
 
 
-def _device_guard(t: Tensor):
-    # Triton launches on torch's current device/stream; make that the tensors' device.
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
-
-
 def _tile_grid(rows: int, cols: int, row_block: str, col_block: Optional[str], splits: int = 1):
     """1-D launch grid over (rows x cols) output tiles (times `splits` row ranges of the
     reduction), sized by the chosen config."""
@@ -999,7 +995,7 @@ def linear_relu_fwd_triton(input: Tensor, weight: Tensor, bias: Optional[Tensor]
 
     # Placeholder for the unused bias pointer (never dereferenced when HAS_BIAS=False).
     b = bias if bias is not None else weight
-    with _device_guard(input):
+    with device_guard(input):
         _linear_relu_fwd[_tile_grid(M, N, "BLOCK_M", "BLOCK_N")](
             input,
             weight,
@@ -1058,7 +1054,7 @@ def linear_relu_bwd_triton(
         else:
             grad_input = torch.empty((M, K), dtype=input.dtype, device=input.device)
             if M > 0 and K > 0:
-                with _device_guard(input):
+                with device_guard(input):
                     _linear_relu_bwd_dx[_tile_grid(M, K, "BLOCK_M", "BLOCK_K")](
                         grad_output,
                         y,
@@ -1093,7 +1089,7 @@ def linear_relu_bwd_triton(
             # Placeholder for the input pointer when only db is computed (never dereferenced).
             x = input if compute_dw else grad_output
             splits, rows_per_split = _dw_db_split_plan(M, N, K, compute_dw, input.dtype, input.device)
-            with _device_guard(input):
+            with device_guard(input):
                 if splits == 1:
                     _dw_db_whole_m(grad_output, y, x, grad_weight, grad_bias, K, relu, compute_dw, need_db)
                 else:

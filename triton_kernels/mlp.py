@@ -42,7 +42,6 @@ bounded by the network, not by M.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 from typing import Optional, Sequence
@@ -51,6 +50,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from ._launch import device_guard
 
 __all__ = [
     "mlp_fwd_triton",
@@ -439,11 +440,6 @@ def _check_args(op: str, input: Tensor, weights: Sequence[Tensor], biases: Seque
 # Launchers.
 
 
-def _device_guard(t: Tensor):
-    # Triton launches on torch's current device/stream; make that the tensors' device.
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
-
-
 def _acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
@@ -518,7 +514,7 @@ def mlp_fwd_triton(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Te
         for i, (w, out) in enumerate(zip(weights, outputs)):
             entries += _table_entry(widths[i], widths[i + 1], w, biases[i] if biases else None, out)
         table = _to_device_table(entries, input.device)
-        with _device_guard(input):
+        with device_guard(input):
             _mlp_fwd_kernel[(triton.cdiv(M, block_m),)](
                 table,
                 input,
@@ -609,7 +605,7 @@ def mlp_bwd_triton(
     acc_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     workspace = torch.empty(max(num_programs, 1) * ws_stride, dtype=acc_dtype, device=input.device)
     table = _to_device_table(entries, input.device)
-    with _device_guard(input):
+    with device_guard(input):
         if num_tiles > 0:
             _mlp_bwd_kernel[(num_programs,)](
                 table,

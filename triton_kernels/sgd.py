@@ -20,7 +20,6 @@ skipped step writes nothing and the host never waits for the flag.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Optional
 
@@ -28,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from ._launch import device_guard
 
 __all__ = ["fused_sgd_triton_", "KERNELS", "SUPPORTED_DTYPES", "aot_compile_specs"]
 
@@ -152,11 +153,6 @@ def _fused_sgd_kernel(
 KERNELS = {"_fused_sgd_kernel": _fused_sgd_kernel}
 
 
-def _device_guard(t: Tensor):
-    # Triton launches on torch's current device/stream; make that the tensors' device.
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
-
-
 def _block_map(numels: list[int]) -> tuple[list[int], list[int]]:
     tensors, starts = [], []
     for t, n in enumerate(numels):
@@ -219,7 +215,7 @@ def fused_sgd_triton_(
         else:
             table = host_table
         probe = work_params[0]
-        with _device_guard(probe):
+        with device_guard(probe):
             _fused_sgd_kernel[(len(block_tensors),)](
                 table,
                 len(params),
