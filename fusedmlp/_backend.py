@@ -14,6 +14,10 @@ import os
 import torch
 
 BACKENDS = ("cuda", "triton", "cpu", "torch")
+# The backends whose kernels are C++: each op's differentiable form (``torch.ops.fusedmlp.mlp``,
+# ``.cross_entropy``, ``.linear_relu``) has its autograd in C++ too (csrc/autograd/), so no
+# Python runs on the way back; the other backends go through the ops' autograd.Functions.
+CPP_AUTOGRAD_BACKENDS = ("cpu", "cuda")
 
 try:
     from fusedmlp import _C  # noqa: F401  (loading it registers torch.ops.fusedmlp.*)

@@ -9,12 +9,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fusedmlp._backend import resolve_backend
+from fusedmlp._backend import CPP_AUTOGRAD_BACKENDS, resolve_backend
 from fusedmlp.autograd.cross_entropy import REDUCTIONS, CrossEntropyFunction
 from fusedmlp.autograd.linear_relu import LinearReLUFunction
-from fusedmlp.ops.cross_entropy import CPP_AUTOGRAD_BACKENDS as CE_CPP_AUTOGRAD_BACKENDS
 from fusedmlp.ops.cross_entropy import check_targets_in_range
-from fusedmlp.ops.linear_relu import CPP_AUTOGRAD_BACKENDS as LINEAR_CPP_AUTOGRAD_BACKENDS
 
 __all__ = ["cross_entropy", "linear", "linear_relu"]
 
@@ -33,7 +31,7 @@ def _linear(input: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool, b
     # A 2-D input goes in as it is: a reshape would add a view node to the autograd graph.
     batched = input.dim() == 2
     input2d = input if batched else input.reshape(input.shape[:-1].numel(), input.shape[-1])
-    if backend in LINEAR_CPP_AUTOGRAD_BACKENDS:
+    if backend in CPP_AUTOGRAD_BACKENDS:
         # The same graph as LinearReLUFunction, built in C++ (no Python on the way back).
         out = torch.ops.fusedmlp.linear_relu(input2d, weight, bias, relu)
     else:
@@ -174,7 +172,7 @@ def cross_entropy(
                 "fusedmlp cross_entropy(inplace_backward=True) needs a contiguous (C) or (N, C) input to write the "
                 "gradient into"
             )
-    if backend in CE_CPP_AUTOGRAD_BACKENDS and not inplace_backward:
+    if backend in CPP_AUTOGRAD_BACKENDS and not inplace_backward:
         # The same graph as CrossEntropyFunction, built in C++ (no Python on the way back).
         loss = torch.ops.fusedmlp.cross_entropy(logits, rows_target, weight, ignore_index, label_smoothing, reduction)
     else:

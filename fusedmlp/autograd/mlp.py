@@ -3,7 +3,7 @@
 One forward op runs every layer and one backward op runs every layer's gradient, so a
 training step costs one autograd node for the network instead of one (or two) per layer.
 
-For backends whose kernels are C++ (``ops.CPP_AUTOGRAD_BACKENDS``) the same node exists in
+For backends whose kernels are C++ (``fusedmlp._backend.CPP_AUTOGRAD_BACKENDS``) the same node exists in
 C++: ``torch.ops.fusedmlp.mlp`` (csrc/autograd/mlp.cpp), whose backward never enters Python.
 For a tiny network that is most of the step's time, so :func:`mlp` picks it there.
 
@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from fusedmlp._backend import CPP_AUTOGRAD_BACKENDS
 from fusedmlp.ops import mlp as ops
 
 
@@ -49,7 +50,7 @@ def mlp(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Optional[Tens
     """The differentiable whole MLP for a 2-D input on a backend in ``ops.NETWORK_BACKENDS``:
     the C++ autograd op where the kernels are C++, MLPFunction otherwise. `biases` holds one
     tensor per weight, or Nones (``bias=False``)."""
-    if backend in ops.CPP_AUTOGRAD_BACKENDS:
+    if backend in CPP_AUTOGRAD_BACKENDS:
         return torch.ops.fusedmlp.mlp(input, weights, biases if biases[0] is not None else [])
     params = [t for pair in zip(weights, biases) for t in pair]
     return MLPFunction.apply(input, backend, *params)

@@ -138,10 +138,6 @@ if HAS_EXTENSION:
     torch.library.register_fake("fusedmlp::cross_entropy_fwd_inplace")(_cross_entropy_fwd_inplace_fake)
     torch.library.register_fake("fusedmlp::cross_entropy")(_cross_entropy_fake)
 
-# Backends whose kernels are C++: their differentiable op ``torch.ops.fusedmlp.cross_entropy``
-# has its reduction and autograd in C++ (csrc/autograd/cross_entropy.cpp).
-CPP_AUTOGRAD_BACKENDS = ("cpu", "cuda")
-
 
 if HAS_TRITON:
 

@@ -73,10 +73,6 @@ if HAS_EXTENSION:
     torch.library.register_fake("fusedmlp::linear_relu_bwd")(_linear_relu_bwd_fake)
     torch.library.register_fake("fusedmlp::linear_relu")(_linear_relu_fwd_fake)
 
-# Backends whose kernels are C++: their differentiable op ``torch.ops.fusedmlp.linear_relu``
-# has its autograd in C++ (csrc/autograd/linear_relu.cpp); the others use LinearReLUFunction.
-CPP_AUTOGRAD_BACKENDS = ("cpu", "cuda")
-
 
 if HAS_TRITON:
 

@@ -25,9 +25,6 @@ NETWORK_BACKENDS = ("cpu", "torch")
 # the networks it covers (see fused_kernel_uncovered_reason); FusedMLP runs the others layer
 # by layer.
 FUSED_KERNEL_BACKENDS = ("cuda", "triton")
-# The ones whose kernels are C++: their differentiable op ``torch.ops.fusedmlp.mlp`` has its
-# autograd in C++ too (csrc/autograd/mlp.cpp); the others go through MLPFunction.
-CPP_AUTOGRAD_BACKENDS = ("cpu", "cuda")
 
 # The fused kernels' limits (csrc/include/fusedmlp/mlp.h): every width padded to a tile of at
 # most MAX_FUSED_WIDTH, at most MAX_FUSED_LAYERS layers.
