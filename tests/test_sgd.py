@@ -92,6 +92,24 @@ def test_trajectory_matches_torch(backend, device, dtype, name):
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_many_tensors_with_empty_ones_at_both_ends(backend, device):
+    """One group of 41 tensors of 0 to 100 elements, empty ones first, last and in runs: every
+    block of the one launch finds its tensor (the Triton kernel searches the blocks' table)."""
+    require(backend, device)
+    gen = torch.Generator().manual_seed(5)
+    sizes = [0, 0, *torch.randint(0, 101, (37,), generator=gen).tolist(), 0, 0]
+    sizes[10:13] = [0, 0, 0]
+    ours = [torch.randn(n, generator=gen, dtype=torch.float64).to(device).requires_grad_() for n in sizes]
+    theirs = clone_params(ours)
+    options = dict(lr=0.1, momentum=0.9, weight_decay=0.01)
+    opt, ref = fused(ours, backend, **options), reference(theirs, **options)
+    run(opt, ours, 3)
+    run(ref, theirs, 3)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 def test_low_precision_updates_in_fp32(backend, device, dtype):
     require(backend, device)
