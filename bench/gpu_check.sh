@@ -61,10 +61,12 @@ fi
 if ! want sanitize; then
   :
 elif command -v compute-sanitizer > /dev/null; then
-  step "compute-sanitizer memcheck (small cases)"
-  timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/gpu_sanitize_case.py \
-    > "$OUT/sanitizer.log" 2>&1
-  echo "memcheck exit $?" | tee -a "$OUT/summary.txt"
+  for part in kernels providers; do
+    step "compute-sanitizer memcheck: $part"
+    timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/gpu_sanitize_case.py $part \
+      > "$OUT/sanitizer_$part.log" 2>&1
+    echo "memcheck $part exit $?" | tee -a "$OUT/summary.txt"
+  done
 else
   step "compute-sanitizer not found: memcheck skipped"
 fi
