@@ -21,9 +21,10 @@
 #include <algorithm>
 #include <cstdint>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <fusedmlp/cpu_isa.h>
+
+#ifdef FUSEDMLP_X86
 #include <immintrin.h>
-#define FUSEDMLP_SMALL_GEMM_X86 1
 #endif
 
 namespace fusedmlp::cpu {
@@ -57,8 +58,7 @@ void small_gemm_rows_portable(const SmallGemmArgs& s, const T* a, const T* b, co
   }
 }
 
-#ifdef FUSEDMLP_SMALL_GEMM_X86
-#define FUSEDMLP_AVX2_FMA __attribute__((target("avx2,fma")))
+#ifdef FUSEDMLP_X86
 
 // 256-bit vectors of T, the few operations the micro-kernel needs. Loads and stores take a
 // lane mask (the first `valid` lanes) for partial panels.
@@ -181,12 +181,7 @@ FUSEDMLP_AVX2_FMA void small_gemm_rows_avx2(const SmallGemmArgs& s, const T* a, 
       return;
   }
 }
-
-inline bool small_gemm_has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-#endif  // FUSEDMLP_SMALL_GEMM_X86
+#endif  // FUSEDMLP_X86
 
 // C[M, N] (row-major, contiguous) = A[M, K] @ B[K, N] (B row-major, contiguous), plus init[N]
 // on every row when init is not null. N <= kSmallGemmMaxWidth. Each output element is summed
@@ -195,8 +190,8 @@ inline bool small_gemm_has_avx2_fma() {
 template <typename T>
 void small_gemm(const SmallGemmArgs& s, const T* a, const T* b, const T* init, T* c) {
   const int64_t grain = std::max<int64_t>(1, kSmallGemmTaskFmas / std::max<int64_t>(s.N * s.K, 1));
-#ifdef FUSEDMLP_SMALL_GEMM_X86
-  if (small_gemm_has_avx2_fma()) {
+#ifdef FUSEDMLP_X86
+  if (has_avx2_fma()) {
     // Tasks are whole row blocks, so only the last block of C can be short.
     const int64_t blocks = (s.M + kBlockRows - 1) / kBlockRows;
     const int64_t block_grain = std::max<int64_t>(1, grain / kBlockRows);
