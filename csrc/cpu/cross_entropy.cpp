@@ -26,12 +26,12 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define FUSEDMLP_CE_X86 1
-#endif
-
+#include <fusedmlp/cpu_isa.h>
 #include <fusedmlp/cross_entropy.h>
+
+#ifdef FUSEDMLP_X86
+#include <immintrin.h>
+#endif
 
 namespace fusedmlp {
 namespace {
@@ -75,15 +75,13 @@ void scale_sub(T* e, T c1, const T* a, T c2, int64_t C) {
   for (int64_t j = 0; j < C; ++j) e[j] = e[j] * c1 - (a != nullptr ? a[j] : T(1)) * c2;
 }
 
-#ifdef FUSEDMLP_CE_X86
+#ifdef FUSEDMLP_X86
 // ---------------------------------------------------------------------------------------
 // AVX2+FMA versions for float rows.
 
-#define FUSEDMLP_AVX2 __attribute__((target("avx2,fma")))
-
 // exp(x) for x <= 0 or NaN (Cephes expf: Cody-Waite reduction, degree-5 polynomial,
 // about 1 ulp). Results below FLT_MIN flush to 0; NaN stays NaN.
-FUSEDMLP_AVX2 inline __m256 exp256_nonpositive(__m256 x) {
+FUSEDMLP_AVX2_FMA inline __m256 exp256_nonpositive(__m256 x) {
   const __m256 lo = _mm256_set1_ps(-87.33654f);
   const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
   x = _mm256_max_ps(lo, x);  // returns x when x is NaN
@@ -104,14 +102,14 @@ FUSEDMLP_AVX2 inline __m256 exp256_nonpositive(__m256 x) {
   return _mm256_blendv_ps(y, _mm256_setzero_ps(), underflow);
 }
 
-FUSEDMLP_AVX2 inline float hsum(__m256 v) {
+FUSEDMLP_AVX2_FMA inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
 
-FUSEDMLP_AVX2 float row_max_avx2(const float* x, int64_t C) {
+FUSEDMLP_AVX2_FMA float row_max_avx2(const float* x, int64_t C) {
   __m256 m0 = _mm256_set1_ps(-std::numeric_limits<float>::infinity()), m1 = m0;
   int64_t j = 0;
   for (; j + 16 <= C; j += 16) {
@@ -126,7 +124,7 @@ FUSEDMLP_AVX2 float row_max_avx2(const float* x, int64_t C) {
   return m;
 }
 
-FUSEDMLP_AVX2 float exp_sum_avx2(const float* x, float m, float* e, int64_t C) {
+FUSEDMLP_AVX2_FMA float exp_sum_avx2(const float* x, float m, float* e, int64_t C) {
   const __m256 vm = _mm256_set1_ps(m);
   __m256 s0 = _mm256_setzero_ps(), s1 = s0;
   int64_t j = 0;
@@ -142,7 +140,7 @@ FUSEDMLP_AVX2 float exp_sum_avx2(const float* x, float m, float* e, int64_t C) {
   return s + exp_sum(x + j, m, e + j, C - j);
 }
 
-FUSEDMLP_AVX2 float shifted_dot_avx2(const float* x, float m, const float* a, int64_t C) {
+FUSEDMLP_AVX2_FMA float shifted_dot_avx2(const float* x, float m, const float* a, int64_t C) {
   const __m256 vm = _mm256_set1_ps(m);
   __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
   int64_t j = 0;
@@ -160,7 +158,7 @@ FUSEDMLP_AVX2 float shifted_dot_avx2(const float* x, float m, const float* a, in
   return hsum(_mm256_add_ps(acc0, acc1)) + shifted_dot(x + j, m, a != nullptr ? a + j : nullptr, C - j);
 }
 
-FUSEDMLP_AVX2 void scale_sub_avx2(float* e, float c1, const float* a, float c2, int64_t C) {
+FUSEDMLP_AVX2_FMA void scale_sub_avx2(float* e, float c1, const float* a, float c2, int64_t C) {
   const __m256 v1 = _mm256_set1_ps(c1), v2 = _mm256_set1_ps(c2);
   int64_t j = 0;
   for (; j + 8 <= C; j += 8) {
@@ -170,11 +168,7 @@ FUSEDMLP_AVX2 void scale_sub_avx2(float* e, float c1, const float* a, float c2, 
   scale_sub(e + j, c1, a != nullptr ? a + j : nullptr, c2, C - j);
 }
 
-bool cpu_has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
-#endif  // FUSEDMLP_CE_X86
+#endif  // FUSEDMLP_X86
 
 // The primitives above for one accumulation type, AVX2 when it is float and the CPU has it.
 template <typename T>
@@ -185,18 +179,18 @@ struct RowOps {
   static void scale_sub(T* e, T c1, const T* a, T c2, int64_t C) { fusedmlp::scale_sub(e, c1, a, c2, C); }
 };
 
-#ifdef FUSEDMLP_CE_X86
+#ifdef FUSEDMLP_X86
 template <>
 struct RowOps<float> {
-  static float max(const float* x, int64_t C) { return cpu_has_avx2_fma() ? row_max_avx2(x, C) : row_max(x, C); }
+  static float max(const float* x, int64_t C) { return cpu::has_avx2_fma() ? row_max_avx2(x, C) : row_max(x, C); }
   static float exp_sum(const float* x, float m, float* e, int64_t C) {
-    return cpu_has_avx2_fma() ? exp_sum_avx2(x, m, e, C) : fusedmlp::exp_sum(x, m, e, C);
+    return cpu::has_avx2_fma() ? exp_sum_avx2(x, m, e, C) : fusedmlp::exp_sum(x, m, e, C);
   }
   static float dot(const float* x, float m, const float* a, int64_t C) {
-    return cpu_has_avx2_fma() ? shifted_dot_avx2(x, m, a, C) : shifted_dot(x, m, a, C);
+    return cpu::has_avx2_fma() ? shifted_dot_avx2(x, m, a, C) : shifted_dot(x, m, a, C);
   }
   static void scale_sub(float* e, float c1, const float* a, float c2, int64_t C) {
-    if (cpu_has_avx2_fma()) {
+    if (cpu::has_avx2_fma()) {
       scale_sub_avx2(e, c1, a, c2, C);
     } else {
       fusedmlp::scale_sub(e, c1, a, c2, C);

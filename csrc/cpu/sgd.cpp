@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include <fusedmlp/cpu_isa.h>
 #include <fusedmlp/sgd.h>
 
 namespace fusedmlp {
@@ -84,30 +85,24 @@ struct BaselineLoop {
   }
 };
 
-#if defined(__GNUC__) && defined(__x86_64__)
-// The extension is compiled for baseline x86-64 (SSE2); ATen picks AVX2/AVX-512 kernels at
-// run time, and so does this: the same loops, compiled for AVX2 + FMA, chosen when the CPU
-// has them. FMA also matches ATen's vectorized add(alpha=), which is an fmadd.
-#define FUSEDMLP_SGD_AVX2 1
+#ifdef FUSEDMLP_X86
+// ATen picks AVX2/AVX-512 kernels at run time, and so does this (cpu_isa.h): the same loops,
+// compiled for AVX2 + FMA, chosen when the CPU has them. FMA also matches ATen's vectorized
+// add(alpha=), which is an fmadd.
 template <typename scalar_t, bool kWd, MomentumMode kMomentum, bool kNesterov>
 struct Avx2Loop {
-  __attribute__((target("avx2,fma"))) static void run(scalar_t* param, const scalar_t* grad, scalar_t* buf,
+  FUSEDMLP_AVX2_FMA static void run(scalar_t* param, const scalar_t* grad, scalar_t* buf,
                                                       int64_t n, bool maximize, const SgdScalars& s) {
     sgd_loop<scalar_t, kWd, kMomentum, kNesterov>(param, grad, buf, n, maximize, s);
   }
 };
-
-bool cpu_has_avx2_fma() {
-  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  return has;
-}
 #endif
 
 template <typename scalar_t>
 void sgd_chunk(scalar_t* param, const scalar_t* grad, scalar_t* buf, int64_t n, const SgdFlags& flags,
                const SgdScalars& s) {
-#ifdef FUSEDMLP_SGD_AVX2
-  if (cpu_has_avx2_fma()) return dispatch_sgd_loop<scalar_t, Avx2Loop>(param, grad, buf, n, flags, s);
+#ifdef FUSEDMLP_X86
+  if (cpu::has_avx2_fma()) return dispatch_sgd_loop<scalar_t, Avx2Loop>(param, grad, buf, n, flags, s);
 #endif
   dispatch_sgd_loop<scalar_t, BaselineLoop>(param, grad, buf, n, flags, s);
 }
