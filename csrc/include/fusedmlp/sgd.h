@@ -1,8 +1,7 @@
 #pragma once
 // Shared by the CPU and CUDA fused SGD kernels: the argument checks (so both devices reject
 // bad input with the same torch-style messages) and the per-element update itself, written
-// once for scalars and for at::vec::Vectorized so every kernel computes the same sequence of
-// roundings as torch.optim.SGD(foreach=False).
+// once so every kernel computes the same sequence of roundings as torch.optim.SGD(foreach=False).
 #include <ATen/ATen.h>
 #include <c10/macros/Macros.h>
 
@@ -10,8 +9,7 @@
 
 namespace fusedmlp {
 
-// Scalar coefficients of one fused SGD call, already in the math type T (a float type, or a
-// Vectorized of it, broadcast).
+// Scalar coefficients of one fused SGD call, already in the math type T.
 template <typename T>
 struct SgdCoeffs {
   T weight_decay;
@@ -29,8 +27,8 @@ struct SgdFlags {
   bool first_step;  // momentum buffer starts as the (decayed) gradient
 };
 
-// a * b + c for scalars (nvcc and most CPU compilers contract it to one fma); the CPU kernel
-// passes at::vec::fmadd for vectors, which is what ATen's add(alpha=) kernel uses.
+// a * b + c (nvcc, and the CPU kernel's AVX2+FMA build, contract it to one fma, which is what
+// ATen's vectorized add(alpha=) kernel computes).
 struct ScalarMadd {
   template <typename T>
   C10_HOST_DEVICE T operator()(T a, T b, T c) const {
