@@ -95,7 +95,21 @@ class FusedMLP(nn.Module):
         return list(self.layers._modules.values())[0::2]
 
     def _resolve(self, device: torch.device, dtype: torch.dtype) -> tuple[str, bool]:
-        """(concrete backend, whether the whole-network op runs) for tensors on `device`."""
+        """(concrete backend, whether the whole-network op runs) for tensors on `device`.
+        Memoized per (backend, fuse_network, device, dtype): what it depends on besides those
+        (which backends are built and usable) is fixed for the process, and for a tiny network
+        resolving on every forward was a tenth of the module's own cost. Not under
+        torch.compile, which would guard on the memo's contents."""
+        if torch.compiler.is_compiling():
+            return self._resolve_now(device, dtype)
+        key = (self._backend, self.fuse_network, device, dtype)
+        memo = self.__dict__.setdefault("_resolved", {})
+        resolved = memo.get(key)
+        if resolved is None:
+            resolved = memo[key] = self._resolve_now(device, dtype)
+        return resolved
+
+    def _resolve_now(self, device: torch.device, dtype: torch.dtype) -> tuple[str, bool]:
         backend = resolve_backend(self._backend, device)
         if backend in NETWORK_BACKENDS:
             why_not = None
