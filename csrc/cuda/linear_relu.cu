@@ -34,22 +34,11 @@
 #include <tuple>
 #include <type_traits>
 
+#include <fusedmlp/cuda_utils.cuh>
 #include <fusedmlp/linear_relu.h>
 
 namespace fusedmlp {
 namespace {
-
-template <typename T>
-constexpr bool kIsReducedFloat = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
-
-__host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) AlignedVector {
-  T val[N];
-};
 
 // ---------------------------------------------------------------------------
 // Operand views. Each exposes value_t, load(r, c) for any strides, and a
@@ -353,17 +342,6 @@ struct TensorCoreConfig {
   // fragment pointers, and the skew keeps fragment loads free of bank conflicts.
   static constexpr int kPadAB = 8;
   static constexpr int kPadC = 4;  // float staging tile: ldm % 4 == 0
-};
-
-template <typename T>
-struct WmmaElement;
-template <>
-struct WmmaElement<c10::Half> {
-  using type = __half;
-};
-template <>
-struct WmmaElement<c10::BFloat16> {
-  using type = __nv_bfloat16;
 };
 
 template <typename scalar_t, typename out_t, typename OperandA, typename OperandB>

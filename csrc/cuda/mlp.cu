@@ -53,6 +53,7 @@
 #include <utility>
 #include <vector>
 
+#include <fusedmlp/cuda_utils.cuh>
 #include <fusedmlp/mlp.h>
 
 namespace fusedmlp {
@@ -73,29 +74,6 @@ constexpr int min_blocks_per_sm(size_t smem_bytes) {
 // The backward's persistent grid holds at most this many blocks per SM.
 constexpr int64_t kMaxBwdBlocksPerSm = 2;
 constexpr int kReduceThreads = 256;
-
-template <typename T>
-constexpr bool kIsReducedFloat = std::is_same_v<T, c10::Half> || std::is_same_v<T, c10::BFloat16>;
-
-template <typename T>
-struct WmmaElement;
-template <>
-struct WmmaElement<c10::Half> {
-  using type = __half;
-};
-template <>
-struct WmmaElement<c10::BFloat16> {
-  using type = __nv_bfloat16;
-};
-
-template <typename T, int N>
-struct alignas(sizeof(T) * N) AlignedVector {
-  T val[N];
-};
-
-__host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) {
-  return (a + b - 1) / b;
-}
 
 constexpr size_t align_smem(size_t bytes) {
   return (bytes + 127) / 128 * 128;
