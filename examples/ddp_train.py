@@ -57,6 +57,10 @@ def main():
         train = compute_accuracy(model.module, DataLoader(dataset, batch_size=2), device)
         test = compute_accuracy(model.module, DataLoader(ToyDataset(X_test, y_test), batch_size=2), device)
         print(f"world size {world_size} | replicas identical | train accuracy: {train:.2f} | test accuracy: {test:.2f}")
+    # Tear down together: a rank that closes its gloo connections while rank 0 is still
+    # evaluating can make rank 0's teardown abort ("terminate called without an active
+    # exception", seen once in CI).
+    dist.barrier()
     dist.destroy_process_group()
 
 
