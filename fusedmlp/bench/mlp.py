@@ -90,6 +90,12 @@ def _cuda_graphed(
         graph.replay()
         return static_loss
 
+    # The graph reads and writes the batch, the parameters, their gradients and the momentum
+    # buffers at the addresses they had during capture, and `step` is all that owns the batch
+    # and the optimizer: without this reference they were freed once make_step returned, their
+    # memory was reused, and replays read garbage targets (the device assert in nll_loss of the
+    # first H200 run).
+    replay.captured_step = step
     return replay
 
 

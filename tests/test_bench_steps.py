@@ -1,0 +1,49 @@
+"""The benchmark's training-step providers (fusedmlp/bench/mlp.py) train what they claim to.
+
+Not timings (those live in bench/): these check the closures the benchmark times, so that a
+speedup is never a number for wrong work.
+"""
+
+import gc
+
+import pytest
+import torch
+
+from fusedmlp.bench import mlp as bench_mlp
+
+WIDTHS, BATCH = (50, 30, 20, 3), 32
+
+
+def _trained_parameters(provider, device, steps=3):
+    step, model = bench_mlp.make_step(provider, WIDTHS, BATCH, device)
+    for _ in range(steps):
+        step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_cpu_providers_take_the_same_steps():
+    names = [name for name in bench_mlp.providers(torch.device("cpu")) if name != "torch.compile"]
+    expected = _trained_parameters("eager", "cpu")
+    for provider in names[1:]:
+        for ours, ref in zip(_trained_parameters(provider, "cpu"), expected):
+            torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5, msg=lambda m, p=provider: f"{p}: {m}")
+
+
+@pytest.mark.gpu
+def test_cuda_graph_provider_keeps_its_batch_and_optimizer_alive():
+    """The captured graph reads the batch and the momentum buffers at fixed addresses: once
+    make_step has returned, freeing and reusing that memory must not change what replays train."""
+    expected = _trained_parameters("eager", "cuda")
+    step, model = bench_mlp.make_step(bench_mlp.EAGER_GRAPH, WIDTHS, BATCH, "cuda")
+    gc.collect()
+    # Allocations the size of the batch and of every parameter, filled with out-of-range
+    # values: they land in any block the step's owners gave back.
+    litter = [torch.full((BATCH, WIDTHS[0]), 1e6, device="cuda") for _ in range(4)]
+    litter += [torch.full((BATCH,), 10**6, dtype=torch.int64, device="cuda") for _ in range(4)]
+    litter += [torch.full_like(p, 1e6) for p in model.parameters() for _ in range(2)]
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    for ours, ref in zip(model.parameters(), expected):
+        torch.testing.assert_close(ours.detach(), ref, rtol=1e-4, atol=1e-5)
+    del litter
