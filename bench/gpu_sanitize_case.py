@@ -56,11 +56,15 @@ def kernel_cases():
                 assert model.path().startswith("network:"), model.path()
                 x = torch.randn(batch, widths[0], device="cuda", dtype=dtype, requires_grad=True)
                 model(x).sum().backward()
-            # Cross-entropy, one row per warp / per block, and rows split across blocks/programs.
-            for N, C in ((5, 7), (3, 3000), (2, 20000)):
+            # Cross-entropy, one row per warp / in registers / per block (C = 3001 is no multiple
+            # of the vector), rows split across blocks/programs; backward with a scale of 1 (the
+            # in-place scaling exits) and of 2.
+            for N, C in ((5, 7), (3, 3000), (3, 3001), (2, 20000)):
                 logits = torch.randn(N, C, device="cuda", dtype=dtype, requires_grad=True)
                 target = torch.randint(0, C, (N,), device="cuda")
-                fusedmlp.functional.cross_entropy(logits, target, backend=backend, label_smoothing=0.1).backward()
+                for scale in (1.0, 2.0):
+                    loss = fusedmlp.functional.cross_entropy(logits, target, backend=backend, label_smoothing=0.1)
+                    (loss * scale).backward()
         params = [torch.randn(n, device="cuda", requires_grad=True) for n in (1, 7, 1000, 4099)]
         for p in params:
             p.grad = torch.randn_like(p)

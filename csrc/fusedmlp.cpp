@@ -53,6 +53,11 @@ TORCH_LIBRARY(fusedmlp, m) {
   m.def(
       "cross_entropy_fwd_inplace(Tensor(a!) logits, Tensor target, Tensor? weight, int ignore_index, "
       "float label_smoothing, Tensor? grad_scale) -> Tensor loss");
+  // grad *= scale in place unless the one-element `scale` equals 1, read where it lives (no
+  // host sync): the backward of a scalar loss, whose incoming gradient is almost always the 1
+  // of loss.backward(), skips the logits-sized pass over the saved gradient. grad is
+  // contiguous; scale has grad's dtype and device.
+  m.def("scale_grad_unless_one_(Tensor(a!) grad, Tensor scale) -> ()");
   // The differentiable loss over [N, C] logits: cross_entropy_fwd plus the reduction
   // ("none" | "mean" | "sum", as F.cross_entropy), with its autograd in C++
   // (csrc/autograd/cross_entropy.cpp). fusedmlp.functional.cross_entropy calls it for the

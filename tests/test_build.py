@@ -21,6 +21,7 @@ CUDA_OPS = [
     "linear_relu_bwd",
     "cross_entropy_fwd",
     "cross_entropy_fwd_inplace",
+    "scale_grad_unless_one_",
     "fused_sgd_",
     "mlp_fwd",
     "mlp_bwd",

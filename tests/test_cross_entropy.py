@@ -13,6 +13,7 @@ from support import backend_device_params, close_to_reference, require
 
 import fusedmlp
 from fusedmlp.functional import cross_entropy
+from fusedmlp.ops import cross_entropy as ops
 
 BACKEND_DEVICE = backend_device_params()
 REDUCTIONS = ["mean", "sum", "none"]
@@ -261,6 +262,66 @@ def test_no_input_mutation_and_backward_twice(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_backward_with_a_scale_other_than_one(backend, device, reduction):
+    """The saved gradient is scaled in place only when the graph is freed after the backward:
+    a retained graph gives the same gradient on every backward, a scale of 1 leaves it as is."""
+    require(backend, device)
+    torch.manual_seed(7)
+    x = torch.randn(6, 10, device=device, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 10, (6,), device=device)
+    ref = F.cross_entropy(x, t, reduction=reduction, label_smoothing=0.1)
+    (g1,) = torch.autograd.grad(ref, x)
+    for scale in (1.0, 2.5, -0.5, 0.0):
+        loss = cross_entropy(x, t, reduction=reduction, label_smoothing=0.1, backend=backend)
+        grad_output = torch.tensor(scale, device=device, dtype=torch.float64)
+        (once,) = torch.autograd.grad(loss, x, grad_output, retain_graph=True)
+        (twice,) = torch.autograd.grad(loss, x, grad_output, retain_graph=True)
+        (last,) = torch.autograd.grad(loss, x, grad_output)
+        for g in (once, twice, last):
+            torch.testing.assert_close(g, g1 * scale)
+    loss = cross_entropy(x, t, reduction=reduction, backend=backend)
+    (g,) = torch.autograd.grad(loss, x, torch.tensor(float("nan"), device=device, dtype=torch.float64))
+    assert g.isnan().all()
+    # Backward hands out the saved gradient itself when the graph is not retained.
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda v: saved.append(v.data_ptr()) or v, lambda v: v):
+        loss = cross_entropy(x, t, reduction=reduction, backend=backend)
+    (g,) = torch.autograd.grad(loss, x, torch.tensor(2.0, device=device, dtype=torch.float64))
+    assert g.data_ptr() in saved
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_scale_grad_unless_one(backend, device, dtype):
+    require(backend, device)
+    if backend == "triton" and device == "cpu" and dtype == torch.bfloat16:
+        pytest.skip("the Triton interpreter has no bfloat16 arithmetic")
+    g = torch.randn(300, 7, device=device, dtype=dtype)
+    before = g.clone()
+    ops.scale_grad_unless_one_(g, torch.ones(1, device=device, dtype=dtype), backend)
+    assert torch.equal(g, before)
+    ops.scale_grad_unless_one_(g, torch.full((1,), 2.5, device=device, dtype=dtype), backend)
+    assert torch.equal(g, before * torch.tensor(2.5, device=device, dtype=dtype))
+    ops.scale_grad_unless_one_(g, torch.full((), float("nan"), device=device, dtype=dtype), backend)
+    assert g.isnan().all()
+    if backend == "torch":
+        return  # plain ATen, no registered op
+    op = (
+        torch.ops.fusedmlp.scale_grad_unless_one_triton
+        if backend == "triton"
+        else torch.ops.fusedmlp.scale_grad_unless_one_
+    )
+    torch.library.opcheck(op.default, (before.clone(), torch.full((1,), 3.0, device=device, dtype=dtype)))
+    with pytest.raises(RuntimeError, match="contiguous"):
+        op(before.t(), torch.ones(1, device=device, dtype=dtype))
+    with pytest.raises(RuntimeError, match="one-element scale"):
+        op(before, torch.ones(2, device=device, dtype=dtype))
+    with pytest.raises(RuntimeError, match="dtype and device"):
+        op(before, torch.ones(1, device=device, dtype=torch.float16))
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
 def test_canary_views(backend, device):
     """Logits as a view into a NaN-filled buffer: nothing outside the view is read or written."""
     require(backend, device)
@@ -404,6 +465,63 @@ def test_few_wide_rows_are_split_on_gpu(backend, device, dtype, kind):
             inplace.requires_grad_(), t, weight, label_smoothing=smoothing, backend=backend, inplace_backward=True
         )
         assert torch.equal(loss_inplace.detach(), loss.detach())
+
+
+# Rows of (N, C) that the GPU kernels handle in different ways: with many rows (no split) the
+# CUDA kernel keeps rows of up to 512 threads x 8 16-byte vectors in registers when C is a
+# multiple of the vector width; the others (C % 4 != 0, too wide for float64, a misaligned
+# buffer) take the two-pass kernel.
+WIDE_ROW_CASES = [
+    (600, 1032, torch.float32, False),  # just above the warp-per-row width: 256 threads
+    (600, 8192, torch.float32, False),  # 256 threads x 8 vectors
+    (530, 16384, torch.float32, False),  # 512 threads x 8 vectors
+    (530, 32000, torch.bfloat16, False),  # the issue's vocabulary: 512 threads x 8 (7) vectors
+    (530, 2056, torch.float16, False),
+    (530, 4104, torch.float64, False),
+    (530, 16400, torch.float64, False),  # too wide for float64's registers: two passes
+    (600, 1030, torch.float32, False),  # not a multiple of the vector: two passes
+    (600, 2048, torch.float32, True),  # a buffer 4 bytes off 16-byte alignment: two passes
+]
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKEND_DEVICE if p.values[1] == "cuda"])
+@pytest.mark.parametrize("N,C,dtype,misaligned", WIDE_ROW_CASES, ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize("kind", ["index", "prob"])
+def test_wide_rows_on_gpu(backend, device, N, C, dtype, misaligned, kind):
+    require(backend, device)
+    torch.manual_seed(13)
+    x = (torch.randn(N, C, device=device) * 4).to(dtype)
+    if misaligned:
+        x = torch.cat([x.new_zeros(1), x.flatten()])[1:].view(N, C)
+        assert x.data_ptr() % 16 != 0
+    x[0, 5] = float("-inf")
+    x[1, :] = float("-inf")
+    x[1, 3] = 0.0
+    t = make_target(kind, (N,), C, device, dtype, seed=3)
+    if kind == "index":
+        t[2] = -100
+        t[3] = C - 1
+    w = (torch.rand(C, device=device) + 0.5).to(dtype)
+    tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}[dtype]
+    for weight, smoothing in ((None, 0.0), (w, 0.1)):
+        xr = x.detach().clone().requires_grad_()
+        loss = cross_entropy(xr, t, weight, reduction="none", label_smoothing=smoothing, backend=backend)
+        g_out = torch.rand(N, device=device, dtype=dtype)
+        (g,) = torch.autograd.grad(loss, xr, g_out)
+        x64 = x.detach().double().requires_grad_()
+        t64 = t.double() if kind == "prob" else t
+        w64 = None if weight is None else weight.double()
+        ref = F.cross_entropy(x64, t64, w64, reduction="none", label_smoothing=smoothing)
+        (g64,) = torch.autograd.grad(ref, x64, g_out.double())
+        torch.testing.assert_close(loss.double(), ref.detach(), rtol=tol, atol=tol)
+        torch.testing.assert_close(g.double(), g64, rtol=tol, atol=tol * 1e-2)
+        inplace = x.detach().clone().contiguous().requires_grad_()
+        loss_inplace = cross_entropy(
+            inplace, t, weight, reduction="none", label_smoothing=smoothing, backend=backend, inplace_backward=True
+        )
+        (g_inplace,) = torch.autograd.grad(loss_inplace, inplace, g_out)
+        torch.testing.assert_close(loss_inplace.double(), ref.detach(), rtol=tol, atol=tol)
+        torch.testing.assert_close(g_inplace.double(), g64, rtol=tol, atol=tol * 1e-2)
 
 
 @pytest.mark.parametrize("backend,device", [p for p in BACKEND_DEVICE if p.values[0] in ("cpu", "cuda")])

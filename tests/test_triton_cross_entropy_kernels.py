@@ -24,9 +24,8 @@ def test_every_dtype_and_variant_compiles(aot_report):
     failed = [f"{_label(r)}: {r['error']}" for r in aot_report if "error" in r]
     assert not failed, "\n".join(failed)
     compiled = {(r["dtype"], r["variant"], r["arch"]) for r in aot_report}
-    want = {
-        (str(d).replace("torch.", ""), v, a) for d in tk.SUPPORTED_DTYPES for v in tk._AOT_VARIANTS for a in AOT_ARCHS
-    }
+    variants = [*tk._AOT_VARIANTS, "scale"]  # "scale": the backward's _scale_grad_unless_one_kernel
+    want = {(str(d).replace("torch.", ""), v, a) for d in tk.SUPPORTED_DTYPES for v in variants for a in AOT_ARCHS}
     assert compiled == want
 
 

@@ -29,7 +29,13 @@ from torch import Tensor
 
 from ._launch import device_guard
 
-__all__ = ["cross_entropy_fwd_triton", "KERNELS", "SUPPORTED_DTYPES", "aot_compile_specs"]
+__all__ = [
+    "cross_entropy_fwd_triton",
+    "scale_grad_unless_one_triton",
+    "KERNELS",
+    "SUPPORTED_DTYPES",
+    "aot_compile_specs",
+]
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -477,6 +483,18 @@ def _cross_entropy_split_loss_kernel(
     tl.store(loss_ptr + row, loss)
 
 
+@triton.jit
+def _scale_grad_unless_one_kernel(grad_ptr, scale_ptr, n, ACC_DTYPE: tl.constexpr, BLOCK: tl.constexpr):
+    # Every program reads the scale first: when it is 1 (loss.backward()'s gradient) the grid
+    # exits without touching the gradient, so the check costs a launch, not a pass over memory.
+    scale = tl.load(scale_ptr).to(ACC_DTYPE)
+    if scale != 1.0:
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < n
+        g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(ACC_DTYPE)
+        tl.store(grad_ptr + offs, (g * scale).to(grad_ptr.dtype.element_ty), mask=mask)
+
+
 KERNELS = {
     "_cross_entropy_fwd_kernel": _cross_entropy_fwd_kernel,
     "_cross_entropy_split_stats_kernel": _cross_entropy_split_stats_kernel,
@@ -560,6 +578,43 @@ def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
             "num_stages": 1,
             "config": {"BLOCK_C": block},
         }
+    for dtype in dtypes:
+        acc = tl.float64 if dtype == torch.float64 else tl.float32
+        yield {
+            "kernel": "_scale_grad_unless_one_kernel",
+            "fn": _scale_grad_unless_one_kernel,
+            "dtype": str(dtype).replace("torch.", ""),
+            "variant": "scale",
+            "layout": "flat",
+            "signature": {
+                "grad_ptr": _PTR[dtype],
+                "scale_ptr": _PTR[dtype],
+                "n": "i64",
+                "ACC_DTYPE": "constexpr",
+                "BLOCK": "constexpr",
+            },
+            "constexprs": {"ACC_DTYPE": acc, "BLOCK": SCALE_BLOCK},
+            "attrs": {},
+            "num_warps": 8,
+            "num_stages": 1,
+            "config": {"BLOCK": SCALE_BLOCK},
+        }
+
+
+SCALE_BLOCK = 4096
+
+
+def scale_grad_unless_one_triton(grad: Tensor, scale: Tensor) -> None:
+    """grad *= scale in place unless the one-element `scale` is 1, read on the device (no host
+    sync). grad contiguous, scale of grad's dtype (checked by fusedmlp.ops.cross_entropy)."""
+    n = grad.numel()
+    if n == 0:
+        return
+    acc = tl.float64 if grad.dtype == torch.float64 else tl.float32
+    with device_guard(grad):
+        _scale_grad_unless_one_kernel[(triton.cdiv(n, SCALE_BLOCK),)](
+            grad, scale, n, ACC_DTYPE=acc, BLOCK=SCALE_BLOCK, num_warps=8
+        )
 
 
 def cross_entropy_fwd_triton(

@@ -10,6 +10,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/graph_task.h>
 #include <torch/library.h>
 
 #include <fusedmlp/cross_entropy.h>
@@ -69,10 +70,22 @@ at::Tensor mean_denominator(const at::Tensor& target, const std::optional<at::Te
   return at::where(valid, weight_of_target, at::zeros({}, options)).sum();
 }
 
-// Whether t is a real CPU tensor (not a fake or functionalized one, whose data cannot be read).
-bool is_plain_cpu(const at::Tensor& t) {
+// Whether t is a real tensor (not a fake or functionalized one, whose data cannot be read or
+// written behind the tracer's back).
+bool is_plain(const at::Tensor& t) {
   constexpr auto traced = c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::Functionalize});
-  return t.is_cpu() && !t.key_set().has_any(traced);
+  return !t.key_set().has_any(traced);
+}
+
+bool is_plain_cpu(const at::Tensor& t) {
+  return t.is_cpu() && is_plain(t);
+}
+
+void scale_grad_unless_one_(at::Tensor& grad, const at::Tensor& scale) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fusedmlp::scale_grad_unless_one_", "")
+                             .typed<void(at::Tensor&, const at::Tensor&)>();
+  op.call(grad, scale);
 }
 
 // Whether grad_output is a real CPU scalar equal to 1, as from loss.backward(): then the saved
@@ -162,14 +175,22 @@ struct CrossEntropyAutogradFunction : public torch::autograd::Function<CrossEntr
     const at::Tensor& grad = saved[0];
     const at::Tensor& grad_output = grad_outputs[0];
     at::Tensor grad_logits;
+    const bool per_row = ctx->saved_data["reduction"].toInt() == static_cast<int64_t>(Reduction::None);
     if (is_plain_cpu_one(grad_output)) {
       // Autograd never writes into incoming gradients, and AccumulateGrad copies a gradient
       // that is still saved here (retain_graph=True) instead of adopting it.
       grad_logits = grad;
+    } else if (!per_row && !torch::autograd::get_current_graph_task_keep_graph() && is_plain(grad) &&
+               is_plain(grad_output)) {
+      // The graph is freed after this backward, so the saved gradient may become the answer:
+      // scaled in place, and only when grad_output is not 1, which is read on the device (no
+      // sync), so loss.backward() on a GPU skips a logits-sized read and write.
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
+      grad_logits = grad;
+      scale_grad_unless_one_(grad_logits, as_dtype(grad_output, grad.scalar_type()).reshape({1}));
     } else {
       at::AutoDispatchBelowADInplaceOrView below_autograd;
       const at::Tensor scale = as_dtype(grad_output, grad.scalar_type());
-      const bool per_row = ctx->saved_data["reduction"].toInt() == static_cast<int64_t>(Reduction::None);
       grad_logits = grad * (per_row ? scale.unsqueeze(1) : scale.reshape({}));
     }
     variable_list grads(7);

@@ -368,11 +368,17 @@ at::Tensor cross_entropy_fwd_inplace_cpu(at::Tensor& logits, const at::Tensor& t
   return cross_entropy_cpu_impl(logits, logits, target, weight, ignore_index, label_smoothing, grad_scale);
 }
 
+void scale_grad_unless_one_cpu(at::Tensor& grad, const at::Tensor& scale) {
+  check_scale_grad_args(grad, scale);
+  if (scale.item<double>() != 1.0) grad.mul_(scale.reshape({}));
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fusedmlp, CPU, m) {
   m.impl("cross_entropy_fwd", &cross_entropy_fwd_cpu);
   m.impl("cross_entropy_fwd_inplace", &cross_entropy_fwd_inplace_cpu);
+  m.impl("scale_grad_unless_one_", &scale_grad_unless_one_cpu);
 }
 
 }  // namespace fusedmlp

@@ -83,6 +83,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         else:
             loss = loss_rows.sum() / denominator
         ctx.reduction = reduction
+        ctx.backend = backend
         ctx.inplace_backward = inplace_backward
         ctx.backward_done = False
         if compute_grad or inplace_backward:
@@ -108,9 +109,23 @@ class CrossEntropyFunction(torch.autograd.Function):
             # instead of adopting it, so later backwards still see the saved values.
             return grad, None, None, None, None, None, None, None, None
         scale = grad_output.to(grad.dtype)
+        # Once the graph is freed after this backward (or in the in-place mode, which allows one
+        # backward) the saved gradient is handed out, scaled in place; for a scalar loss only
+        # when grad_output is not 1, read on the device, so loss.backward() on a GPU skips a
+        # logits-sized read and write. (Traced by torch.compile: a plain multiply.)
+        in_place = ctx.inplace_backward or _graph_freed_after_backward()
+        if in_place and ctx.reduction != "none" and not torch.compiler.is_compiling():
+            ops.scale_grad_unless_one_(grad, scale.reshape(1), ctx.backend)
+            return grad, None, None, None, None, None, None, None, None
         scale = scale[:, None] if ctx.reduction == "none" else scale.reshape(())
-        grad_logits = grad.mul_(scale) if ctx.inplace_backward else grad * scale
+        grad_logits = grad.mul_(scale) if in_place else grad * scale
         return grad_logits, None, None, None, None, None, None, None, None
+
+
+def _graph_freed_after_backward() -> bool:
+    """Whether the running backward frees the graph (no retain_graph), so saved tensors are
+    not read again. Under torch.compile the traced backward keeps the out-of-place multiply."""
+    return not torch.compiler.is_compiling() and not torch._C._autograd._get_current_graph_task_keep_graph()
 
 
 def _is_one_on_cpu(grad_output: Tensor) -> bool:

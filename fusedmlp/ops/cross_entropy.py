@@ -2,8 +2,11 @@
 
 - ``torch.ops.fusedmlp.cross_entropy_fwd`` / ``cross_entropy_fwd_inplace``: C++ kernels (CPU, CUDA).
 - ``torch.ops.fusedmlp.cross_entropy``: the differentiable, reduced loss around
-  ``cross_entropy_fwd`` (autograd in C++).
+  ``cross_entropy_fwd`` (autograd in C++); its backward scales the saved gradient in place
+  with ``torch.ops.fusedmlp.scale_grad_unless_one_`` when the graph is not retained.
 - ``torch.ops.fusedmlp.cross_entropy_fwd_triton`` / ``cross_entropy_fwd_inplace_triton``: Triton.
+- ``torch.ops.fusedmlp.scale_grad_unless_one_`` (C++) / ``scale_grad_unless_one_triton``: the
+  backward's in-place scaling of the saved gradient, skipped on the device when the scale is 1.
 - ``cross_entropy_fwd_torch``: the plain-PyTorch reference, built from ATen ops.
 
 Every forward op works on rows (schemas and semantics in csrc/fusedmlp.cpp): it returns the
@@ -133,7 +136,17 @@ def _cross_entropy_fake(
     return logits.new_empty((logits.shape[0],) if reduction == "none" else ())
 
 
+def _scale_grad_unless_one_fake(grad: Tensor, scale: Tensor) -> None:
+    torch._check(grad.is_contiguous(), lambda: "scale_grad_unless_one_: expected a contiguous grad")
+    torch._check(scale.numel() == 1, lambda: "scale_grad_unless_one_: expected a one-element scale")
+    torch._check(
+        scale.dtype == grad.dtype and scale.device == grad.device,
+        lambda: "scale_grad_unless_one_: expected scale with grad's dtype and device",
+    )
+
+
 if HAS_EXTENSION:
+    torch.library.register_fake("fusedmlp::scale_grad_unless_one_")(_scale_grad_unless_one_fake)
     torch.library.register_fake("fusedmlp::cross_entropy_fwd")(_cross_entropy_fwd_fake)
     torch.library.register_fake("fusedmlp::cross_entropy_fwd_inplace")(_cross_entropy_fwd_inplace_fake)
     torch.library.register_fake("fusedmlp::cross_entropy")(_cross_entropy_fake)
@@ -179,6 +192,14 @@ if HAS_TRITON:
             logits, target, weight, ignore_index, label_smoothing, grad_scale, logits
         )
 
+    @torch.library.custom_op("fusedmlp::scale_grad_unless_one_triton", mutates_args=("grad",))
+    def scale_grad_unless_one_triton(grad: Tensor, scale: Tensor) -> None:
+        from fusedmlp.triton_kernels import cross_entropy as kernels
+
+        _scale_grad_unless_one_fake(grad, scale)  # the checks
+        kernels.scale_grad_unless_one_triton(grad, scale)
+
+    scale_grad_unless_one_triton.register_fake(_scale_grad_unless_one_fake)
     cross_entropy_fwd_triton.register_fake(_cross_entropy_fwd_fake)
     cross_entropy_fwd_inplace_triton.register_fake(_cross_entropy_fwd_inplace_fake)
 
@@ -251,6 +272,17 @@ def cross_entropy_fwd(
     if backend == "triton":
         return torch.ops.fusedmlp.cross_entropy_fwd_triton(*args)
     return cross_entropy_fwd_torch(*args)
+
+
+def scale_grad_unless_one_(grad: Tensor, scale: Tensor, backend: str) -> None:
+    """grad *= scale in place unless the one-element `scale` is 1, which the cpu, cuda and
+    triton kernels read where it lives (no host sync); the torch reference always multiplies."""
+    if backend in ("cpu", "cuda"):
+        torch.ops.fusedmlp.scale_grad_unless_one_(grad, scale)
+    elif backend == "triton":
+        torch.ops.fusedmlp.scale_grad_unless_one_triton(grad, scale)
+    else:
+        grad.mul_(scale.reshape(()))
 
 
 def cross_entropy_fwd_inplace(

@@ -59,4 +59,13 @@ inline void check_cross_entropy_args(const at::Tensor& logits, const at::Tensor&
   }
 }
 
+inline void check_scale_grad_args(const at::Tensor& grad, const at::Tensor& scale) {
+  TORCH_CHECK(grad.is_contiguous(), "scale_grad_unless_one_: expected a contiguous grad");
+  TORCH_CHECK(scale.numel() == 1, "scale_grad_unless_one_: expected a one-element scale, got ", scale.numel(),
+              " elements");
+  TORCH_CHECK(scale.scalar_type() == grad.scalar_type() && scale.device() == grad.device(),
+              "scale_grad_unless_one_: expected scale with grad's dtype and device, got ", scale.scalar_type(), " on ",
+              scale.device(), " for ", grad.scalar_type(), " on ", grad.device());
+}
+
 }  // namespace fusedmlp
