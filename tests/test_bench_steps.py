@@ -47,3 +47,14 @@ def test_cuda_graph_provider_keeps_its_batch_and_optimizer_alive():
     for ours, ref in zip(model.parameters(), expected):
         torch.testing.assert_close(ours.detach(), ref, rtol=1e-4, atol=1e-5)
     del litter
+
+
+@pytest.mark.gpu
+def test_cuda_providers_take_the_same_steps():
+    """Every GPU provider (CUDA graph captures included) trains like eager."""
+    names = [name for name in bench_mlp.providers(torch.device("cuda")) if name != "torch.compile"]
+    assert bench_mlp.EAGER_GRAPH in names and bench_mlp.FUSED_GRAPH in names
+    expected = _trained_parameters("eager", "cuda")
+    for provider in names[1:]:
+        for ours, ref in zip(_trained_parameters(provider, "cuda"), expected):
+            torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5, msg=lambda m, p=provider: f"{p}: {m}")

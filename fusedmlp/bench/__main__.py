@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import time
+import traceback
 
 import torch
 
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{'full' if args.full else 'quick'} mode; backends: {fusedmlp.available_backends(device)}"
     )
     rows: list[dict] = []
-    missing = []
+    missing, failed = [], []
     start = time.perf_counter()
     for i, (module_name, function_name) in enumerate(suites):
         _progress(i, len(suites), module_name)
@@ -124,12 +125,20 @@ def main(argv: list[str] | None = None) -> int:
         except ModuleNotFoundError as error:
             missing.append(f"{module_name} ({error})")
             continue
-        rows += getattr(module, function_name)(quick=not args.full, device=device)
+        try:
+            rows += getattr(module, function_name)(quick=not args.full, device=device)
+        except Exception as error:
+            # Loud, and the exit status says so, but the other suites still run and their
+            # results are written: a lent GPU's minutes are too scarce to lose them all.
+            traceback.print_exc()
+            failed.append(f"{module_name}: {type(error).__name__}: {error}")
     _progress(len(suites), len(suites), "done")
     _add_speedups(rows)
     print(format_table(rows))
     for m in missing:
         print(f"not benchmarked: {m}")
+    for f in failed:
+        print(f"FAILED suite {f}")
 
     os.makedirs(args.out, exist_ok=True)
     name = _device_name(device)
@@ -147,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         rows, os.path.join(args.out, f"{name}.png"), f"fusedmlp vs eager PyTorch on {name}, {meta['threads']} thread(s)"
     )
     print(f"wrote {args.out}/{name}.json and .png in {meta['seconds']} s")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
