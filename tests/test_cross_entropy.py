@@ -433,6 +433,51 @@ def test_triton_rows_split_across_programs(backend, device, kind, weighted, smoo
     assert launches and all(split_c < 150 for split_c in launches)
 
 
+@pytest.mark.parametrize("backend,device", [p for p in BACKEND_DEVICE if p.values[0] == "triton"])
+@pytest.mark.parametrize("kind", ["index", "prob"])
+@pytest.mark.parametrize("weighted,smoothing", [(False, 0.0), (True, 0.1)])
+@pytest.mark.parametrize("C", [1, 3, 20, 32])
+def test_triton_row_in_registers_and_chunked_rows_agree(backend, device, kind, weighted, smoothing, C, monkeypatch):
+    """Rows that fit one program's registers (the resident kernel, up to 32 columns under the
+    interpreter) against the chunked online-softmax kernel forced on the same rows, and torch,
+    with ignored rows, -inf entries, a row of only -inf, NaN and the in-place mode."""
+    require(backend, device)
+    from fusedmlp.triton_kernels import cross_entropy as tk
+
+    torch.manual_seed(17)
+    x = torch.randn(6, C, device=device, dtype=torch.float64) * 3
+    x[0, 0] = float("-inf")
+    x[4, :] = float("-inf")
+    x[5, C - 1] = float("nan")
+    t = make_target(kind, (6,), C, device, torch.float64, seed=4)
+    if kind == "index":
+        t[1] = -100
+    w = torch.rand(C, device=device, dtype=torch.float64) + 0.5 if weighted else None
+    chosen = []
+    real_choice = tk._resident_block_and_warps
+    monkeypatch.setattr(tk, "_resident_block_and_warps", lambda *a: chosen.append(real_choice(*a)) or chosen[-1])
+    results = {}
+    for forced in (False, True):
+        if forced:  # the chunked kernel for the same rows
+            monkeypatch.setattr(tk, "_resident_block_and_warps", lambda *a: None)
+        xr = x.clone().requires_grad_()
+        loss = cross_entropy(xr, t, w, reduction="none", label_smoothing=smoothing, backend=backend)
+        (g,) = torch.autograd.grad(loss.sum(), xr)
+        inplace = x.clone().requires_grad_()
+        loss_inplace = cross_entropy(
+            inplace, t, w, reduction="none", label_smoothing=smoothing, backend=backend, inplace_backward=True
+        )
+        results[forced] = (loss.detach(), g, loss_inplace.detach())
+    assert chosen and all(c is not None for c in chosen)
+    for resident, chunked in zip(results[False], results[True]):
+        torch.testing.assert_close(resident, chunked, equal_nan=True)
+    xe = x.clone().requires_grad_()
+    expected = F.cross_entropy(xe, t, w, reduction="none", label_smoothing=smoothing)
+    (ge,) = torch.autograd.grad(expected.sum(), xe)
+    torch.testing.assert_close(results[False][0], expected.detach(), equal_nan=True)
+    torch.testing.assert_close(results[False][1], ge, equal_nan=True)
+
+
 @pytest.mark.parametrize("backend,device", [p for p in BACKEND_DEVICE if p.values[1] == "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["index", "prob"])

@@ -320,6 +320,90 @@ def _cross_entropy_fwd_kernel(
     tl.store(loss_ptr + row, loss)
 
 
+@triton.jit
+def _cross_entropy_fwd_resident_kernel(
+    logits_ptr,
+    stride_xr,
+    stride_xc,
+    target_ptr,
+    stride_tr,
+    stride_tc,
+    weight_ptr,
+    stride_w,
+    grad_scale_ptr,
+    grad_ptr,
+    stride_gr,
+    stride_gc,
+    loss_ptr,
+    C,
+    ignore_index,
+    smoothing,
+    PROB_TARGET: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    SMOOTH: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    WRITE_GRAD: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    # One program per row of at most BLOCK_C columns, held in registers: the logits are read
+    # once, every load of the row is in flight together, and exp(x - m) is computed once per
+    # element and reused by the gradient (the chunked kernel above computes it three times:
+    # twice in its online pass, once more in pass 2, and reads the row twice).
+    row = tl.program_id(0).to(tl.int64)
+    x_row = logits_ptr + row * stride_xr
+    cols = tl.arange(0, BLOCK_C)
+    mask = cols < C
+    eps = tl.cast(smoothing, ACC_DTYPE)
+    eps_per_class = eps / C
+    keep = 1.0 - eps
+    x = tl.load(x_row + cols * stride_xc, mask=mask, other=float("-inf")).to(ACC_DTYPE)
+    if HAS_WEIGHT:
+        w = tl.load(weight_ptr + cols * stride_w, mask=mask, other=0.0).to(ACC_DTYPE)
+    else:
+        w = tl.where(mask, 1.0, 0.0).to(ACC_DTYPE)
+    m = tl.max(x, axis=0)
+    # -inf entries (and the padding) add exactly 0, also when the whole row is -inf; NaN
+    # entries make s NaN.
+    e = tl.where(x == float("-inf"), 0.0, tl.exp(x - m))
+    s = tl.sum(e, axis=0)
+    scale = tl.load(grad_scale_ptr).to(ACC_DTYPE) if HAS_SCALE else 1.0
+
+    if PROB_TARGET:
+        q = tl.load(target_ptr + row * stride_tr + cols * stride_tc, mask=mask, other=0.0).to(ACC_DTYPE)
+        a = w * (keep * q + eps_per_class)
+        coef = tl.sum(a, axis=0)
+        dot = tl.sum(tl.where(mask, a * (x - m), 0.0), axis=0)
+        valid = True
+        w_t = 1.0
+        x_t_minus_m = 0.0
+        A, c1, keep_t = _row_coefficients(s, coef, scale, valid, w_t, keep, eps_per_class, PROB_TARGET, SMOOTH)
+    else:
+        t, valid, t_safe, w_t = _row_target(
+            target_ptr + row * stride_tr, weight_ptr, stride_w, ignore_index, C, HAS_WEIGHT, ACC_DTYPE
+        )
+        x_t_minus_m = tl.load(x_row + t_safe * stride_xc).to(ACC_DTYPE) - m
+        if SMOOTH:
+            coef = tl.sum(w, axis=0)
+            dot = tl.sum(tl.where(mask, w * (x - m), 0.0), axis=0)
+        else:
+            coef = 0.0
+            dot = 0.0
+        A, c1, keep_t = _row_coefficients(s, coef, scale, valid, w_t, keep, eps_per_class, PROB_TARGET, SMOOTH)
+        a = tl.where(cols == t, keep_t, 0.0)
+        if SMOOTH:
+            a += tl.where(valid, eps_per_class * w, 0.0)
+
+    if WRITE_GRAD:
+        if PROB_TARGET:
+            g = e * c1 - a * scale
+        else:  # scale is inf when every target is ignored ("mean"): keep it off ignored rows
+            g = tl.where(valid, e * c1 - a * scale, e * c1)
+        tl.store(grad_ptr + row * stride_gr + cols * stride_gc, g.to(grad_ptr.dtype.element_ty), mask=mask)
+    loss = _row_loss(A, tl.log(s), dot, x_t_minus_m, valid, w_t, keep, coef, eps_per_class, PROB_TARGET, SMOOTH)
+    tl.store(loss_ptr + row, loss)
+
+
 # Rows too wide for one program when the batch is small (e.g. 8 rows x 128k classes would use
 # 8 SMs): each row is split into column ranges of SPLIT_C, one program each, in three launches
 # whose per-row partial results are combined in a fixed order (deterministic):
@@ -497,6 +581,7 @@ def _scale_grad_unless_one_kernel(grad_ptr, scale_ptr, n, ACC_DTYPE: tl.constexp
 
 KERNELS = {
     "_cross_entropy_fwd_kernel": _cross_entropy_fwd_kernel,
+    "_cross_entropy_fwd_resident_kernel": _cross_entropy_fwd_resident_kernel,
     "_cross_entropy_split_stats_kernel": _cross_entropy_split_stats_kernel,
     "_cross_entropy_split_grad_kernel": _cross_entropy_split_grad_kernel,
     "_cross_entropy_split_loss_kernel": _cross_entropy_split_loss_kernel,
@@ -523,6 +608,25 @@ def _block_and_warps(C: int, dtype: torch.dtype) -> tuple[int, int]:
 
 _MAX_BLOCK_C = {torch.float16: 2048, torch.bfloat16: 2048, torch.float32: 2048, torch.float64: 1024}
 
+# Rows of at most this many columns are held whole in registers by one program
+# (_cross_entropy_fwd_resident_kernel): the widest block at which every variant compiles
+# without spills for sm_80 and sm_90 (the AOT test compiles each dtype at this width; at twice
+# that, 16 warps, the weighted variants spilled 48-656 bytes at 128 registers).
+_RESIDENT_MAX_C = {torch.float16: 8192, torch.bfloat16: 8192, torch.float32: 8192, torch.float64: 4096}
+
+
+def _resident_warps(block: int) -> int:
+    return max(1, min(16, block // 512))
+
+
+def _resident_block_and_warps(C: int, dtype: torch.dtype) -> Optional[tuple[int, int]]:
+    """(BLOCK_C, num_warps) when a row fits one program's registers, else None (the chunked
+    kernel). Under the interpreter rows of up to 32 columns, so the CPU tests run both."""
+    block = triton.next_power_of_2(max(C, 1))
+    if INTERPRET:
+        return (block, 1) if C <= 32 else None
+    return (block, _resident_warps(block)) if block <= _RESIDENT_MAX_C[dtype] else None
+
 
 # (variant, constexprs) compiled ahead of time for every dtype; the widest chunk is where
 # register pressure peaks, so every variant is compiled at the dtype's largest BLOCK_C.
@@ -539,8 +643,12 @@ def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
     tests/test_triton_cross_entropy_kernels.py)."""
     seen = set()
     for (name, fn), dtype, (variant, flags) in itertools.product(KERNELS.items(), dtypes, _AOT_VARIANTS.items()):
-        block = _MAX_BLOCK_C[dtype]
-        num_warps = 1 if fn is _cross_entropy_split_loss_kernel else max(1, min(8, block // 256))
+        if fn is _cross_entropy_fwd_resident_kernel:
+            block = _RESIDENT_MAX_C[dtype]
+            num_warps = _resident_warps(block)
+        else:
+            block = _MAX_BLOCK_C[dtype]
+            num_warps = 1 if fn is _cross_entropy_split_loss_kernel else max(1, min(8, block // 256))
         constexprs = dict(flags, ACC_DTYPE=tl.float64 if dtype == torch.float64 else tl.float32)
         if "BLOCK_C" in fn.arg_names:
             constexprs["BLOCK_C"] = block
@@ -645,8 +753,13 @@ def cross_entropy_fwd_triton(
         return _cross_entropy_split(
             logits, target, weight, ignore_index, label_smoothing, grad_scale, grad, loss, block, num_warps, split_c
         )
+    # The two one-program-per-row kernels take the same arguments.
+    resident = _resident_block_and_warps(C, logits.dtype)
+    kernel = _cross_entropy_fwd_resident_kernel if resident is not None else _cross_entropy_fwd_kernel
+    if resident is not None:
+        block, num_warps = resident
     with device_guard(logits):
-        _cross_entropy_fwd_kernel[(N,)](
+        kernel[(N,)](
             logits,
             logits.stride(0),
             logits.stride(1),
