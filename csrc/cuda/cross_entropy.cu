@@ -1,6 +1,8 @@
 // CUDA kernels for cross_entropy_fwd / cross_entropy_fwd_inplace (schemas in csrc/fusedmlp.cpp).
 //
-// One row per warp (C <= 1024, eight rows per block) or per 512-thread block (wider rows).
+// One row per thread (C <= 16, 256 rows per block), per warp (C <= 1024, eight rows per
+// block), or per block (wider rows: in registers, see cross_entropy_resident_row_kernel, or
+// 512 threads walking the row).
 // Pass 1 reads the row once with an online softmax (per-thread running max m and sum s of
 // exp(x - m), merged across threads), plus the coefficient sums that probability targets and
 // label smoothing need before any gradient element can be written; pass 2 re-reads the row
@@ -33,6 +35,10 @@ namespace fusedmlp {
 namespace {
 
 constexpr int kWarp = 32;
+// Rows of width <= kThreadRowMaxC: one thread each (a warp per row would leave most lanes
+// idle and need 32x the threads, e.g. for the tutorial's 2 or 3 classes at a batch of 2^17).
+constexpr int kThreadRowsPerBlock = 256;
+constexpr int kThreadRowMaxC = 16;
 constexpr int kWarpRowsPerBlock = 8;     // rows of width <= kWarpRowMaxC: one warp each
 constexpr int kWarpRowMaxC = 1024;
 constexpr int kBlockRowThreads = 512;    // wider rows: one block each
@@ -55,12 +61,15 @@ __device__ __forceinline__ MaxSum<acc_t> combine(MaxSum<acc_t> a, MaxSum<acc_t> 
 }
 
 // Reductions over the ROW_THREADS threads that share a row: shuffles within a warp, then
-// (ROW_THREADS > 32) shared memory across the warps. Every thread gets the result.
+// (ROW_THREADS > 32) shared memory across the warps. Every thread gets the result. A row of
+// one thread has nothing to reduce (and its warp's other lanes are other rows).
 template <int ROW_THREADS, typename acc_t>
 __device__ __forceinline__ MaxSum<acc_t> reduce_max_sum(MaxSum<acc_t> v, MaxSum<acc_t>* smem) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) {
-    MaxSum<acc_t> other{__shfl_xor_sync(0xffffffffu, v.m, offset), __shfl_xor_sync(0xffffffffu, v.s, offset)};
-    v = combine(v, other);
+  if constexpr (ROW_THREADS > 1) {
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) {
+      MaxSum<acc_t> other{__shfl_xor_sync(0xffffffffu, v.m, offset), __shfl_xor_sync(0xffffffffu, v.s, offset)};
+      v = combine(v, other);
+    }
   }
   if constexpr (ROW_THREADS > kWarp) {
     const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
@@ -75,7 +84,9 @@ __device__ __forceinline__ MaxSum<acc_t> reduce_max_sum(MaxSum<acc_t> v, MaxSum<
 
 template <int ROW_THREADS, typename acc_t>
 __device__ __forceinline__ acc_t reduce_sum(acc_t v, acc_t* smem) {
-  for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  if constexpr (ROW_THREADS > 1) {
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  }
   if constexpr (ROW_THREADS > kWarp) {
     const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
     __syncthreads();
@@ -245,7 +256,9 @@ __global__ void cross_entropy_fwd_kernel(CrossEntropyArgs<scalar_t, at::opmath_t
   __shared__ MaxSum<acc_t> smem_ms[ROW_THREADS > kWarp ? ROW_THREADS / kWarp : 1];
   __shared__ acc_t smem_sum[ROW_THREADS > kWarp ? ROW_THREADS / kWarp : 1];
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
-  if (row >= p.N) return;  // whole warps (ROW_THREADS == 32) or whole blocks leave together
+  // Whole warps (ROW_THREADS == 32) or whole blocks leave together; a one-thread row shares
+  // no shuffle or barrier with the threads that leave.
+  if (row >= p.N) return;
   const scalar_t* x_row = p.logits + row * p.C;
   const scalar_t* q_row = p.prob != nullptr ? p.prob + row * p.C : nullptr;
   const RowConstants<acc_t> k = row_constants(p);
@@ -257,7 +270,7 @@ __global__ void cross_entropy_fwd_kernel(CrossEntropyArgs<scalar_t, at::opmath_t
   // Every thread of the row has read x_t before pass 2 may overwrite it (in-place mode).
   if constexpr (ROW_THREADS > kWarp) {
     __syncthreads();
-  } else {
+  } else if constexpr (ROW_THREADS == kWarp) {
     __syncwarp();
   }
   const acc_t dot = row_grad<ROW_THREADS>(p, k, tg, row, x_row, q_row, 0, p.C, st.m, c1, smem_sum);
@@ -503,6 +516,10 @@ void launch_cross_entropy(const CrossEntropyArgs<scalar_t, at::opmath_type<scala
     launch_resident_rows<scalar_t, 256>(args, stream);
   } else if (resident_threads == 512) {
     launch_resident_rows<scalar_t, 512>(args, stream);
+  } else if (args.C <= kThreadRowMaxC) {
+    const dim3 block(1, kThreadRowsPerBlock);
+    const int64_t blocks = (args.N + kThreadRowsPerBlock - 1) / kThreadRowsPerBlock;
+    cross_entropy_fwd_kernel<scalar_t, 1><<<static_cast<unsigned>(blocks), block, 0, stream>>>(args);
   } else if (args.C <= kWarpRowMaxC) {
     const dim3 block(kWarp, kWarpRowsPerBlock);
     const int64_t blocks = (args.N + kWarpRowsPerBlock - 1) / kWarpRowsPerBlock;
