@@ -438,9 +438,10 @@ def test_triton_rows_split_across_programs(backend, device, kind, weighted, smoo
 @pytest.mark.parametrize("weighted,smoothing", [(False, 0.0), (True, 0.1)])
 @pytest.mark.parametrize("C", [1, 3, 20, 32])
 def test_triton_row_in_registers_and_chunked_rows_agree(backend, device, kind, weighted, smoothing, C, monkeypatch):
-    """Rows that fit one program's registers (the resident kernel, up to 32 columns under the
-    interpreter) against the chunked online-softmax kernel forced on the same rows, and torch,
-    with ignored rows, -inf entries, a row of only -inf, NaN and the in-place mode."""
+    """Rows that fit one program's registers (the resident kernel; under the interpreter up to
+    32 columns, four rows per program, so 6 rows leave two past the batch) against the chunked
+    online-softmax kernel forced on the same rows, and torch, with ignored rows, -inf entries,
+    a row of only -inf, NaN and the in-place mode."""
     require(backend, device)
     from fusedmlp.triton_kernels import cross_entropy as tk
 
@@ -454,12 +455,12 @@ def test_triton_row_in_registers_and_chunked_rows_agree(backend, device, kind, w
         t[1] = -100
     w = torch.rand(C, device=device, dtype=torch.float64) + 0.5 if weighted else None
     chosen = []
-    real_choice = tk._resident_block_and_warps
-    monkeypatch.setattr(tk, "_resident_block_and_warps", lambda *a: chosen.append(real_choice(*a)) or chosen[-1])
+    real_choice = tk._resident_config
+    monkeypatch.setattr(tk, "_resident_config", lambda *a: chosen.append(real_choice(*a)) or chosen[-1])
     results = {}
     for forced in (False, True):
         if forced:  # the chunked kernel for the same rows
-            monkeypatch.setattr(tk, "_resident_block_and_warps", lambda *a: None)
+            monkeypatch.setattr(tk, "_resident_config", lambda *a: None)
         xr = x.clone().requires_grad_()
         loss = cross_entropy(xr, t, w, reduction="none", label_smoothing=smoothing, backend=backend)
         (g,) = torch.autograd.grad(loss.sum(), xr)

@@ -338,70 +338,77 @@ def _cross_entropy_fwd_resident_kernel(
     C,
     ignore_index,
     smoothing,
+    N,
     PROB_TARGET: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     SMOOTH: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     WRITE_GRAD: tl.constexpr,
     ACC_DTYPE: tl.constexpr,
+    BLOCK_R: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    # One program per row of at most BLOCK_C columns, held in registers: the logits are read
-    # once, every load of the row is in flight together, and exp(x - m) is computed once per
-    # element and reused by the gradient (the chunked kernel above computes it three times:
-    # twice in its online pass, once more in pass 2, and reads the row twice).
-    row = tl.program_id(0).to(tl.int64)
-    x_row = logits_ptr + row * stride_xr
+    # BLOCK_R rows of at most BLOCK_C columns per program, held in registers: the logits are
+    # read once, every load of the tile is in flight together, and exp(x - m) is computed once
+    # per element and reused by the gradient (the chunked kernel above computes it three times
+    # and reads the row twice). Narrow rows share a program (BLOCK_R > 1), so the tutorial's 3
+    # classes do not cost a program each. Rows past N recompute row N - 1 and store nothing.
+    first = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_in = first < N
+    rows = tl.minimum(first, N - 1)
     cols = tl.arange(0, BLOCK_C)
-    mask = cols < C
+    col_in = cols < C
+    tile_in = col_in[None, :]
     eps = tl.cast(smoothing, ACC_DTYPE)
     eps_per_class = eps / C
     keep = 1.0 - eps
-    x = tl.load(x_row + cols * stride_xc, mask=mask, other=float("-inf")).to(ACC_DTYPE)
+    x = tl.load(
+        logits_ptr + rows[:, None] * stride_xr + cols[None, :] * stride_xc, mask=tile_in, other=float("-inf")
+    ).to(ACC_DTYPE)
     if HAS_WEIGHT:
-        w = tl.load(weight_ptr + cols * stride_w, mask=mask, other=0.0).to(ACC_DTYPE)
+        w = tl.load(weight_ptr + cols * stride_w, mask=col_in, other=0.0).to(ACC_DTYPE)[None, :]
     else:
-        w = tl.where(mask, 1.0, 0.0).to(ACC_DTYPE)
-    m = tl.max(x, axis=0)
+        w = tl.where(tile_in, 1.0, 0.0).to(ACC_DTYPE)
+    m = tl.max(x, axis=1)
     # -inf entries (and the padding) add exactly 0, also when the whole row is -inf; NaN
     # entries make s NaN.
-    e = tl.where(x == float("-inf"), 0.0, tl.exp(x - m))
-    s = tl.sum(e, axis=0)
+    e = tl.where(x == float("-inf"), 0.0, tl.exp(x - m[:, None]))
+    s = tl.sum(e, axis=1)
     scale = tl.load(grad_scale_ptr).to(ACC_DTYPE) if HAS_SCALE else 1.0
 
     if PROB_TARGET:
-        q = tl.load(target_ptr + row * stride_tr + cols * stride_tc, mask=mask, other=0.0).to(ACC_DTYPE)
-        a = w * (keep * q + eps_per_class)
-        coef = tl.sum(a, axis=0)
-        dot = tl.sum(tl.where(mask, a * (x - m), 0.0), axis=0)
+        q = tl.load(target_ptr + rows[:, None] * stride_tr + cols[None, :] * stride_tc, mask=tile_in, other=0.0)
+        a = w * (keep * q.to(ACC_DTYPE) + eps_per_class)
+        coef = tl.sum(a, axis=1)
+        dot = tl.sum(tl.where(tile_in, a * (x - m[:, None]), 0.0), axis=1)
         valid = True
         w_t = 1.0
         x_t_minus_m = 0.0
         A, c1, keep_t = _row_coefficients(s, coef, scale, valid, w_t, keep, eps_per_class, PROB_TARGET, SMOOTH)
+        g = e * c1[:, None] - a * scale
     else:
         t, valid, t_safe, w_t = _row_target(
-            target_ptr + row * stride_tr, weight_ptr, stride_w, ignore_index, C, HAS_WEIGHT, ACC_DTYPE
+            target_ptr + rows * stride_tr, weight_ptr, stride_w, ignore_index, C, HAS_WEIGHT, ACC_DTYPE
         )
-        x_t_minus_m = tl.load(x_row + t_safe * stride_xc).to(ACC_DTYPE) - m
+        x_t_minus_m = tl.load(logits_ptr + rows * stride_xr + t_safe * stride_xc).to(ACC_DTYPE) - m
         if SMOOTH:
-            coef = tl.sum(w, axis=0)
-            dot = tl.sum(tl.where(mask, w * (x - m), 0.0), axis=0)
+            coef = tl.sum(w, axis=1)
+            dot = tl.sum(tl.where(tile_in, w * (x - m[:, None]), 0.0), axis=1)
         else:
             coef = 0.0
             dot = 0.0
         A, c1, keep_t = _row_coefficients(s, coef, scale, valid, w_t, keep, eps_per_class, PROB_TARGET, SMOOTH)
-        a = tl.where(cols == t, keep_t, 0.0)
+        a = tl.where(cols[None, :] == t[:, None], keep_t[:, None], 0.0)
         if SMOOTH:
-            a += tl.where(valid, eps_per_class * w, 0.0)
+            a += tl.where(valid[:, None], eps_per_class * w, 0.0)
+        # scale is inf when every target is ignored ("mean"): keep it off ignored rows
+        g = tl.where(valid[:, None], e * c1[:, None] - a * scale, e * c1[:, None])
 
     if WRITE_GRAD:
-        if PROB_TARGET:
-            g = e * c1 - a * scale
-        else:  # scale is inf when every target is ignored ("mean"): keep it off ignored rows
-            g = tl.where(valid, e * c1 - a * scale, e * c1)
-        tl.store(grad_ptr + row * stride_gr + cols * stride_gc, g.to(grad_ptr.dtype.element_ty), mask=mask)
+        grad_ptrs = grad_ptr + rows[:, None] * stride_gr + cols[None, :] * stride_gc
+        tl.store(grad_ptrs, g.to(grad_ptr.dtype.element_ty), mask=row_in[:, None] & tile_in)
     loss = _row_loss(A, tl.log(s), dot, x_t_minus_m, valid, w_t, keep, coef, eps_per_class, PROB_TARGET, SMOOTH)
-    tl.store(loss_ptr + row, loss)
+    tl.store(loss_ptr + rows, loss, mask=row_in)
 
 
 # Rows too wide for one program when the batch is small (e.g. 8 rows x 128k classes would use
@@ -615,17 +622,27 @@ _MAX_BLOCK_C = {torch.float16: 2048, torch.bfloat16: 2048, torch.float32: 2048, 
 _RESIDENT_MAX_C = {torch.float16: 8192, torch.bfloat16: 8192, torch.float32: 8192, torch.float64: 4096}
 
 
-def _resident_warps(block: int) -> int:
-    return max(1, min(16, block // 512))
+# Narrow rows are stacked into tiles of about this many elements per program.
+_RESIDENT_TILE = 2048
 
 
-def _resident_block_and_warps(C: int, dtype: torch.dtype) -> Optional[tuple[int, int]]:
-    """(BLOCK_C, num_warps) when a row fits one program's registers, else None (the chunked
-    kernel). Under the interpreter rows of up to 32 columns, so the CPU tests run both."""
-    block = triton.next_power_of_2(max(C, 1))
+def _resident_warps(tile: int) -> int:
+    # 8 elements per thread (16 at the 16-warp cap): at 16 per thread a 512 x 4 float64 tile
+    # of narrow rows spilled (255 registers).
+    return max(1, min(16, tile // 256))
+
+
+def _resident_config(C: int, dtype: torch.dtype) -> Optional[tuple[int, int, int]]:
+    """(BLOCK_R, BLOCK_C, num_warps) when rows fit one program's registers, else None (the
+    chunked kernel). Under the interpreter rows of up to 32 columns, four per program, so the
+    CPU tests run both kernels and tiles with rows past the batch."""
+    block_c = triton.next_power_of_2(max(C, 1))
     if INTERPRET:
-        return (block, 1) if C <= 32 else None
-    return (block, _resident_warps(block)) if block <= _RESIDENT_MAX_C[dtype] else None
+        return (4, block_c, 1) if C <= 32 else None
+    if block_c > _RESIDENT_MAX_C[dtype]:
+        return None
+    block_r = max(1, _RESIDENT_TILE // block_c)
+    return block_r, block_c, _resident_warps(block_r * block_c)
 
 
 # (variant, constexprs) compiled ahead of time for every dtype; the widest chunk is where
@@ -638,54 +655,59 @@ _AOT_VARIANTS = {
 }
 
 
+def _aot_configs(fn, dtype: torch.dtype) -> list[tuple[dict, int]]:
+    """(block sizes, num_warps) compiled ahead of time for one kernel and dtype: the widest
+    block, where register pressure peaks; the resident kernel also as a tile of narrow rows."""
+    if fn is _cross_entropy_fwd_resident_kernel:
+        wide = _RESIDENT_MAX_C[dtype]
+        return [
+            ({"BLOCK_R": 1, "BLOCK_C": wide}, _resident_warps(wide)),
+            ({"BLOCK_R": _RESIDENT_TILE // 4, "BLOCK_C": 4}, _resident_warps(_RESIDENT_TILE)),
+        ]
+    block = _MAX_BLOCK_C[dtype]
+    return [({"BLOCK_C": block}, 1 if fn is _cross_entropy_split_loss_kernel else max(1, min(8, block // 256)))]
+
+
 def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
-    """One dict per kernel x dtype x variant for triton.compile(ASTSource(...)) (see
-    tests/test_triton_cross_entropy_kernels.py)."""
+    """One dict per kernel x dtype x variant x block configuration for
+    triton.compile(ASTSource(...)) (see tests/test_triton_cross_entropy_kernels.py)."""
     seen = set()
     for (name, fn), dtype, (variant, flags) in itertools.product(KERNELS.items(), dtypes, _AOT_VARIANTS.items()):
-        if fn is _cross_entropy_fwd_resident_kernel:
-            block = _RESIDENT_MAX_C[dtype]
-            num_warps = _resident_warps(block)
-        else:
-            block = _MAX_BLOCK_C[dtype]
-            num_warps = 1 if fn is _cross_entropy_split_loss_kernel else max(1, min(8, block // 256))
-        constexprs = dict(flags, ACC_DTYPE=tl.float64 if dtype == torch.float64 else tl.float32)
-        if "BLOCK_C" in fn.arg_names:
-            constexprs["BLOCK_C"] = block
-        if "MAX_SPLITS" in fn.arg_names:
-            constexprs["MAX_SPLITS"] = MAX_SPLITS
-        constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
-        key = (name, dtype, tuple(sorted(constexprs.items())))
-        if key in seen:  # a variant whose flags this kernel does not take: compiled already
-            continue
-        seen.add(key)
-        signature = {}
-        for arg in fn.arg_names:
-            if arg in constexprs:
-                signature[arg] = "constexpr"
-            elif arg == "target_ptr":
-                signature[arg] = _PTR[dtype] if flags["PROB_TARGET"] else "*i64"
-            elif arg in ("grad_scale_ptr", "loss_ptr", "stats_ptr", "dots_ptr", "xt_ptr"):
-                signature[arg] = "*fp64" if dtype == torch.float64 else "*fp32"
-            elif arg.endswith("_ptr"):
-                signature[arg] = _PTR[dtype]
-            elif arg == "smoothing":
-                signature[arg] = "fp32"
-            else:
-                signature[arg] = "i64"
-        yield {
-            "kernel": name,
-            "fn": fn,
-            "dtype": str(dtype).replace("torch.", ""),
-            "variant": variant,
-            "layout": "rows",
-            "signature": signature,
-            "constexprs": constexprs,
-            "attrs": {},
-            "num_warps": num_warps,
-            "num_stages": 1,
-            "config": {"BLOCK_C": block},
-        }
+        for sizes, num_warps in _aot_configs(fn, dtype):
+            constexprs = dict(flags, ACC_DTYPE=tl.float64 if dtype == torch.float64 else tl.float32)
+            constexprs.update(sizes, MAX_SPLITS=MAX_SPLITS)
+            constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
+            key = (name, dtype, tuple(sorted(constexprs.items())))
+            if key in seen:  # a variant whose flags this kernel does not take: compiled already
+                continue
+            seen.add(key)
+            signature = {}
+            for arg in fn.arg_names:
+                if arg in constexprs:
+                    signature[arg] = "constexpr"
+                elif arg == "target_ptr":
+                    signature[arg] = _PTR[dtype] if flags["PROB_TARGET"] else "*i64"
+                elif arg in ("grad_scale_ptr", "loss_ptr", "stats_ptr", "dots_ptr", "xt_ptr"):
+                    signature[arg] = "*fp64" if dtype == torch.float64 else "*fp32"
+                elif arg.endswith("_ptr"):
+                    signature[arg] = _PTR[dtype]
+                elif arg == "smoothing":
+                    signature[arg] = "fp32"
+                else:
+                    signature[arg] = "i64"
+            yield {
+                "kernel": name,
+                "fn": fn,
+                "dtype": str(dtype).replace("torch.", ""),
+                "variant": variant,
+                "layout": "rows",
+                "signature": signature,
+                "constexprs": constexprs,
+                "attrs": {},
+                "num_warps": num_warps,
+                "num_stages": 1,
+                "config": sizes,
+            }
     for dtype in dtypes:
         acc = tl.float64 if dtype == torch.float64 else tl.float32
         yield {
@@ -753,13 +775,9 @@ def cross_entropy_fwd_triton(
         return _cross_entropy_split(
             logits, target, weight, ignore_index, label_smoothing, grad_scale, grad, loss, block, num_warps, split_c
         )
-    # The two one-program-per-row kernels take the same arguments.
-    resident = _resident_block_and_warps(C, logits.dtype)
-    kernel = _cross_entropy_fwd_resident_kernel if resident is not None else _cross_entropy_fwd_kernel
-    if resident is not None:
-        block, num_warps = resident
+    resident = _resident_config(C, logits.dtype)
     with device_guard(logits):
-        kernel[(N,)](
+        args = (
             logits,
             logits.stride(0),
             logits.stride(1),
@@ -776,15 +794,22 @@ def cross_entropy_fwd_triton(
             C,
             ignore_index,
             float(max(label_smoothing, 0.0)),
+        )
+        flags = dict(
             PROB_TARGET=prob,
             HAS_WEIGHT=weight is not None,
             SMOOTH=label_smoothing > 0,
             HAS_SCALE=grad_scale is not None,
             WRITE_GRAD=grad is not None,
             ACC_DTYPE=_TORCH_TO_TRITON[acc],
-            BLOCK_C=block,
-            num_warps=num_warps,
         )
+        if resident is not None:
+            block_r, block_c, warps = resident
+            _cross_entropy_fwd_resident_kernel[(triton.cdiv(N, block_r),)](
+                *args, N, **flags, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps
+            )
+        else:
+            _cross_entropy_fwd_kernel[(N,)](*args, **flags, BLOCK_C=block, num_warps=num_warps)
     return loss
 
 
