@@ -12,3 +12,35 @@ def device_guard(t: Tensor):
     """Context for a launch on `t`'s tensors: Triton launches on torch's current device and
     stream, so the current device is made `t`'s (a no-op for CPU tensors, the interpreter)."""
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def aot_spec(
+    kernel: str,
+    fn,
+    dtype: torch.dtype,
+    variant: str,
+    signature: dict,
+    constexprs: dict,
+    num_warps: int,
+    config: dict,
+    *,
+    layout: str = "contiguous",
+    attrs: dict | None = None,
+    num_stages: int = 1,
+) -> dict:
+    """One ahead-of-time compile job, as every module's aot_compile_specs yields them for the
+    shared runner in tests/support.py (triton.compile(ASTSource(fn, signature, constexprs,
+    attrs)) for sm_80 and sm_90, with ptxas spill reports)."""
+    return {
+        "kernel": kernel,
+        "fn": fn,
+        "dtype": str(dtype).replace("torch.", ""),
+        "variant": variant,
+        "layout": layout,
+        "signature": signature,
+        "constexprs": constexprs,
+        "attrs": attrs or {},
+        "num_warps": num_warps,
+        "num_stages": num_stages,
+        "config": config,
+    }

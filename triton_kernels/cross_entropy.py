@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import device_guard
+from ._launch import aot_spec, device_guard
 
 __all__ = [
     "cross_entropy_fwd_triton",
@@ -695,40 +695,22 @@ def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
                     signature[arg] = "fp32"
                 else:
                     signature[arg] = "i64"
-            yield {
-                "kernel": name,
-                "fn": fn,
-                "dtype": str(dtype).replace("torch.", ""),
-                "variant": variant,
-                "layout": "rows",
-                "signature": signature,
-                "constexprs": constexprs,
-                "attrs": {},
-                "num_warps": num_warps,
-                "num_stages": 1,
-                "config": sizes,
-            }
+            yield aot_spec(name, fn, dtype, variant, signature, constexprs, num_warps, sizes, layout="rows")
     for dtype in dtypes:
         acc = tl.float64 if dtype == torch.float64 else tl.float32
-        yield {
-            "kernel": "_scale_grad_unless_one_kernel",
-            "fn": _scale_grad_unless_one_kernel,
-            "dtype": str(dtype).replace("torch.", ""),
-            "variant": "scale",
-            "layout": "flat",
-            "signature": {
-                "grad_ptr": _PTR[dtype],
-                "scale_ptr": _PTR[dtype],
-                "n": "i64",
-                "ACC_DTYPE": "constexpr",
-                "BLOCK": "constexpr",
-            },
-            "constexprs": {"ACC_DTYPE": acc, "BLOCK": SCALE_BLOCK},
-            "attrs": {},
-            "num_warps": 8,
-            "num_stages": 1,
-            "config": {"BLOCK": SCALE_BLOCK},
-        }
+        signature = {"grad_ptr": _PTR[dtype], "scale_ptr": _PTR[dtype], "n": "i64"}
+        signature.update(ACC_DTYPE="constexpr", BLOCK="constexpr")
+        constexprs = {"ACC_DTYPE": acc, "BLOCK": SCALE_BLOCK}
+        yield aot_spec(
+            "_scale_grad_unless_one_kernel",
+            _scale_grad_unless_one_kernel,
+            dtype,
+            "scale",
+            signature,
+            constexprs,
+            8,
+            {"BLOCK": SCALE_BLOCK},
+        )
 
 
 SCALE_BLOCK = 4096

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import device_guard
+from ._launch import aot_spec, device_guard
 
 __all__ = [
     "linear_relu_fwd_triton",
@@ -711,19 +711,19 @@ def _aot_spec(name: str, dtype: torch.dtype, cfg: triton.Config, variant: str, l
             # specializes them.
             signature[arg] = "i32"
             attrs[(i,)] = [["tt.divisibility", 16]]
-    return {
-        "kernel": name,
-        "fn": fn,
-        "dtype": str(dtype).replace("torch.", ""),
-        "variant": variant,
-        "layout": layout,
-        "signature": signature,
-        "constexprs": constexprs,
-        "attrs": attrs,
-        "num_warps": cfg.num_warps,
-        "num_stages": cfg.num_stages,
-        "config": dict(cfg.kwargs),
-    }
+    return aot_spec(
+        name,
+        fn,
+        dtype,
+        variant,
+        signature,
+        constexprs,
+        cfg.num_warps,
+        dict(cfg.kwargs),
+        layout=layout,
+        attrs=attrs,
+        num_stages=cfg.num_stages,
+    )
 
 
 def aot_compile_specs(dtypes=SUPPORTED_DTYPES):

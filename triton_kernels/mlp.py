@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import device_guard
+from ._launch import aot_spec, device_guard
 
 __all__ = [
     "mlp_fwd_triton",
@@ -683,19 +683,7 @@ def _aot_spec(kernel: str, dtype: torch.dtype, variant: str, flags: dict, config
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             signature[arg] = "i32"
-    return {
-        "kernel": kernel,
-        "fn": fn,
-        "dtype": str(dtype).replace("torch.", ""),
-        "variant": variant,
-        "layout": "contiguous",
-        "signature": signature,
-        "constexprs": constexprs,
-        "attrs": attrs,
-        "num_warps": num_warps,
-        "num_stages": 1,
-        "config": config,
-    }
+    return aot_spec(kernel, fn, dtype, variant, signature, constexprs, num_warps, config, attrs=attrs)
 
 
 def aot_compile_specs(dtypes=SUPPORTED_DTYPES):

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import device_guard
+from ._launch import aot_spec, device_guard
 
 __all__ = ["fused_sgd_triton_", "KERNELS", "SUPPORTED_DTYPES", "aot_compile_specs"]
 
@@ -331,15 +331,5 @@ def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
             }
             for name in constexprs:
                 signature[name] = "constexpr"
-            yield {
-                "kernel": "_fused_sgd_kernel",
-                "fn": fn,
-                "dtype": str(dtype).replace("torch.", ""),
-                "variant": variant,
-                "signature": {a: signature[a] for a in fn.arg_names},
-                "constexprs": constexprs,
-                "attrs": {},
-                "num_warps": NUM_WARPS,
-                "num_stages": 1,
-                "config": {"BLOCK": BLOCK},
-            }
+            signature = {a: signature[a] for a in fn.arg_names}
+            yield aot_spec("_fused_sgd_kernel", fn, dtype, variant, signature, constexprs, NUM_WARPS, {"BLOCK": BLOCK})
