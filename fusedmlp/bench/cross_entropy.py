@@ -19,8 +19,9 @@ from fusedmlp.functional import cross_entropy
 
 def _cases(device: torch.device, quick: bool):
     if device.type == "cuda":
-        cases = [(4096, 8192, torch.float32), (8192, 32768, torch.bfloat16)]
-        return cases[:1] if quick else cases + [(16384, 128256, torch.bfloat16)]
+        # The second is issue 3's H200 target shape (>= 80% of copy bandwidth, >= 2.5x eager).
+        cases = [(4096, 8192, torch.float32), (8192, 32000, torch.bfloat16)]
+        return cases if quick else cases + [(16384, 128256, torch.bfloat16)]
     return [(1024, 2048, torch.float32)] if quick else [(1024, 2048, torch.float32), (4096, 8192, torch.float32)]
 
 
