@@ -4,6 +4,10 @@ mlp_bwd on CUDA tensors, against the plain-torch reference ops in fusedmlp.ops.m
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,6 +16,7 @@ from support import close_to_reference, require
 from fusedmlp.ops.mlp import mlp_bwd_torch, mlp_fwd_torch
 
 pytestmark = pytest.mark.gpu
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # Widths 16 / 30 / 64 / 128 (tile widths 16, 32, 64, 128), 1 to 8 layers.
 NETWORKS = [
@@ -278,16 +283,7 @@ def test_opcheck(bias):
     torch.library.opcheck(torch.ops.fusedmlp.mlp_bwd.default, args)
 
 
-@pytest.mark.parametrize(
-    "widths,match",
-    [
-        ((129, 8, 2), "covers widths up to 128, got 129 input features"),
-        ((8, 200, 2), "covers widths up to 128, got 200 out features in layer 0"),
-        ((4,) * 10, "covers at most 8 layers, got 9"),
-    ],
-    ids=["wide_input", "wide_hidden", "deep"],
-)
-def test_uncovered_shapes_are_rejected(widths, match):
+def check_uncovered_shape_rejected(widths, match):
     weights, biases = make_network(widths, torch.float32)
     x = randn(3, widths[0], dtype=torch.float32)
     with pytest.raises(RuntimeError, match=match) as fwd_error:
@@ -298,6 +294,36 @@ def test_uncovered_shapes_are_rejected(widths, match):
     layers = len(weights)
     with pytest.raises(RuntimeError, match=match):
         torch.ops.fusedmlp.mlp_bwd(grad_output, x, weights, activations, True, [True] * layers, [True] * layers)
+
+
+@pytest.mark.parametrize(
+    "widths,match",
+    [
+        ((129, 8, 2), "covers widths up to 128, got 129 input features"),
+        ((8, 200, 2), "covers widths up to 128, got 200 out features in layer 0"),
+        ((4,) * 10, "covers at most 8 layers, got 9"),
+    ],
+    ids=["wide_input", "wide_hidden", "deep"],
+)
+def test_uncovered_shapes_are_rejected(widths, match):
+    """In a subprocess: on the first H200 run the first of these calls killed the interpreter
+    (a segfault in mlp_fwd, cause unknown), and with it the whole test session. Here a crash
+    fails this test alone, with faulthandler's traceback and, when gdb is present, a native
+    backtrace of a rerun."""
+    code = (
+        f"import sys; sys.path.insert(0, {TESTS_DIR!r}); import test_cuda_mlp as t; "
+        f"t.check_uncovered_shape_rejected({widths!r}, {match!r})"
+    )
+    command = [sys.executable, "-X", "faulthandler", "-c", code]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    if result.returncode == 0:
+        return
+    report = f"exit {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-8000:]}"
+    if result.returncode < 0 and shutil.which("gdb"):
+        gdb = ["gdb", "-q", "-batch", "-ex", "run", "-ex", "bt", "--args", *command]
+        traced = subprocess.run(gdb, capture_output=True, text=True, timeout=600)
+        report += f"\n--- gdb backtrace ---\n{traced.stdout[-12000:]}"
+    pytest.fail(report)
 
 
 def test_runs_on_the_current_stream():
