@@ -132,6 +132,40 @@ at::Tensor cpu_reduce_rows(const at::Tensor& loss_rows, double denominator) {
   return cpu_scalar(total / denominator, {}, loss_rows.scalar_type());
 }
 
+// torch's reduction of the per-row losses, for both entry points (with and without autograd):
+// the "mean" denominator is known before the kernel runs (its gradient is scaled by it), the
+// sum after. On real CPU tensors both are loops (see cpu_mean_denominator), elsewhere ATen ops
+// on the device (no host sync).
+struct LossReduction {
+  Reduction reduction;
+  bool plain_cpu;
+  double cpu_denominator = 1.0;           // "mean" on real CPU tensors
+  std::optional<at::Tensor> denominator;  // "mean" elsewhere
+
+  LossReduction(Reduction r, const at::Tensor& logits, const at::Tensor& target,
+                const std::optional<at::Tensor>& weight, int64_t ignore_index, at::ScalarType acc)
+      : reduction(r), plain_cpu(is_plain_cpu(logits) && is_plain_cpu(target)) {
+    if (r != Reduction::Mean) return;
+    if (plain_cpu) {
+      cpu_denominator = cpu_mean_denominator(target, weight, ignore_index, logits.size(1));
+    } else {
+      denominator = mean_denominator(target, weight, ignore_index, logits.size(1), acc);
+    }
+  }
+
+  // What the kernel scales the gradient by: 1 / denominator for "mean", nothing otherwise.
+  std::optional<at::Tensor> grad_scale(at::ScalarType acc) const {
+    if (reduction != Reduction::Mean) return std::nullopt;
+    return plain_cpu ? cpu_scalar(1.0 / cpu_denominator, {1}, acc) : denominator->reciprocal().reshape({1});
+  }
+
+  at::Tensor reduce(const at::Tensor& loss_rows) const {
+    if (reduction == Reduction::None) return loss_rows;
+    if (plain_cpu) return cpu_reduce_rows(loss_rows, cpu_denominator);
+    return reduction == Reduction::Sum ? loss_rows.sum() : loss_rows.sum().div_(*denominator);
+  }
+};
+
 struct CrossEntropyAutogradFunction : public torch::autograd::Function<CrossEntropyAutogradFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& logits, const at::Tensor& target,
                             const std::optional<at::Tensor>& weight, int64_t ignore_index, double label_smoothing,
@@ -141,29 +175,12 @@ struct CrossEntropyAutogradFunction : public torch::autograd::Function<CrossEntr
     check_cross_entropy_args(logits, target, weight, std::nullopt, label_smoothing);
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     const at::ScalarType acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-    const bool plain_cpu = is_plain_cpu(logits) && is_plain_cpu(target);
-    std::optional<at::Tensor> denominator, grad_scale;
-    double cpu_denominator = 1.0;
-    if (reduction == Reduction::Mean && plain_cpu) {
-      cpu_denominator = cpu_mean_denominator(target, weight, ignore_index, logits.size(1));
-      grad_scale = cpu_scalar(1.0 / cpu_denominator, {1}, acc);
-    } else if (reduction == Reduction::Mean) {
-      denominator = mean_denominator(target, weight, ignore_index, logits.size(1), acc);
-      grad_scale = denominator->reciprocal().reshape({1});
-    }
-    auto [loss_rows, grad] =
-        call_cross_entropy_fwd(logits, target, weight, ignore_index, label_smoothing, grad_scale, compute_grad);
-    at::Tensor loss;
-    if (reduction == Reduction::None) {
-      loss = loss_rows;
-    } else if (plain_cpu) {
-      loss = cpu_reduce_rows(loss_rows, cpu_denominator);
-    } else {
-      loss = reduction == Reduction::Sum ? loss_rows.sum() : loss_rows.sum().div_(*denominator);
-    }
+    const LossReduction reduce(reduction, logits, target, weight, ignore_index, acc);
+    auto [loss_rows, grad] = call_cross_entropy_fwd(logits, target, weight, ignore_index, label_smoothing,
+                                                    reduce.grad_scale(acc), compute_grad);
     ctx->saved_data["reduction"] = static_cast<int64_t>(reduction);
     if (compute_grad) ctx->save_for_backward({grad});
-    return as_dtype(loss, logits.scalar_type());
+    return as_dtype(reduce.reduce(loss_rows), logits.scalar_type());
   }
 
   // Gradients in forward's argument order; only the logits get one.
@@ -216,13 +233,10 @@ at::Tensor cross_entropy_forward_only(const at::Tensor& logits, const at::Tensor
   const Reduction r = parse_reduction(reduction);
   check_cross_entropy_args(logits, target, weight, std::nullopt, label_smoothing);
   const at::ScalarType acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor loss_rows =
+  const LossReduction reduce(r, logits, target, weight, ignore_index, acc);
+  const at::Tensor loss_rows =
       std::get<0>(call_cross_entropy_fwd(logits, target, weight, ignore_index, label_smoothing, std::nullopt, false));
-  at::Tensor loss = r == Reduction::None ? loss_rows
-                    : r == Reduction::Sum
-                        ? loss_rows.sum()
-                        : loss_rows.sum().div_(mean_denominator(target, weight, ignore_index, logits.size(1), acc));
-  return as_dtype(loss, logits.scalar_type());
+  return as_dtype(reduce.reduce(loss_rows), logits.scalar_type());
 }
 
 }  // namespace
