@@ -118,6 +118,24 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     missing, failed = [], []
     start = time.perf_counter()
+    os.makedirs(args.out, exist_ok=True)
+    name = _device_name(device)
+    json_path = os.path.join(args.out, f"{name}.json")
+
+    def write_json() -> dict:
+        meta = {
+            "device": name,
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "mode": "full" if args.full else "quick",
+            "seconds": round(time.perf_counter() - start, 1),
+            "cpu": platform.processor() or platform.machine(),
+            "suites_failed": failed,
+        }
+        with open(json_path, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        return meta
+
     for i, (module_name, function_name) in enumerate(suites):
         _progress(i, len(suites), module_name)
         try:
@@ -132,26 +150,15 @@ def main(argv: list[str] | None = None) -> int:
             # results are written: a lent GPU's minutes are too scarce to lose them all.
             traceback.print_exc()
             failed.append(f"{module_name}: {type(error).__name__}: {error}")
+        _add_speedups(rows)
+        write_json()  # after every suite, so a run cut short by a time limit keeps what it measured
     _progress(len(suites), len(suites), "done")
-    _add_speedups(rows)
     print(format_table(rows))
     for m in missing:
         print(f"not benchmarked: {m}")
     for f in failed:
         print(f"FAILED suite {f}")
-
-    os.makedirs(args.out, exist_ok=True)
-    name = _device_name(device)
-    meta = {
-        "device": name,
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "mode": "full" if args.full else "quick",
-        "seconds": round(time.perf_counter() - start, 1),
-        "cpu": platform.processor() or platform.machine(),
-    }
-    with open(os.path.join(args.out, f"{name}.json"), "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    meta = write_json()
     plot(
         rows, os.path.join(args.out, f"{name}.png"), f"fusedmlp vs eager PyTorch on {name}, {meta['threads']} thread(s)"
     )
