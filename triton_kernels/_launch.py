@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import triton.language as tl
 from torch import Tensor
 
 
@@ -12,6 +13,12 @@ def device_guard(t: Tensor):
     """Context for a launch on `t`'s tensors: Triton launches on torch's current device and
     stream, so the current device is made `t`'s (a no-op for CPU tensors, the interpreter)."""
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def acc_dtype(dtype: torch.dtype):
+    """The Triton type the kernels accumulate in for `dtype`: float64 for float64, float32
+    otherwise (float16/bfloat16 accumulate in float32, as torch's opmath type)."""
+    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def aot_spec(

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import aot_spec, device_guard
+from ._launch import acc_dtype, aot_spec, device_guard
 
 __all__ = [
     "cross_entropy_fwd_triton",
@@ -586,6 +586,8 @@ def _scale_grad_unless_one_kernel(grad_ptr, scale_ptr, n, ACC_DTYPE: tl.constexp
         tl.store(grad_ptr + offs, (g * scale).to(grad_ptr.dtype.element_ty), mask=mask)
 
 
+SCALE_BLOCK = 4096
+
 KERNELS = {
     "_cross_entropy_fwd_kernel": _cross_entropy_fwd_kernel,
     "_cross_entropy_fwd_resident_kernel": _cross_entropy_fwd_resident_kernel,
@@ -594,12 +596,6 @@ KERNELS = {
     "_cross_entropy_split_loss_kernel": _cross_entropy_split_loss_kernel,
 }
 
-_TORCH_TO_TRITON = {
-    torch.float16: tl.float16,
-    torch.bfloat16: tl.bfloat16,
-    torch.float32: tl.float32,
-    torch.float64: tl.float64,
-}
 _PTR = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64"}
 
 
@@ -674,7 +670,7 @@ def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
     seen = set()
     for (name, fn), dtype, (variant, flags) in itertools.product(KERNELS.items(), dtypes, _AOT_VARIANTS.items()):
         for sizes, num_warps in _aot_configs(fn, dtype):
-            constexprs = dict(flags, ACC_DTYPE=tl.float64 if dtype == torch.float64 else tl.float32)
+            constexprs = dict(flags, ACC_DTYPE=acc_dtype(dtype))
             constexprs.update(sizes, MAX_SPLITS=MAX_SPLITS)
             constexprs = {k: v for k, v in constexprs.items() if k in fn.arg_names}
             key = (name, dtype, tuple(sorted(constexprs.items())))
@@ -697,10 +693,9 @@ def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
                     signature[arg] = "i64"
             yield aot_spec(name, fn, dtype, variant, signature, constexprs, num_warps, sizes, layout="rows")
     for dtype in dtypes:
-        acc = tl.float64 if dtype == torch.float64 else tl.float32
         signature = {"grad_ptr": _PTR[dtype], "scale_ptr": _PTR[dtype], "n": "i64"}
         signature.update(ACC_DTYPE="constexpr", BLOCK="constexpr")
-        constexprs = {"ACC_DTYPE": acc, "BLOCK": SCALE_BLOCK}
+        constexprs = {"ACC_DTYPE": acc_dtype(dtype), "BLOCK": SCALE_BLOCK}
         yield aot_spec(
             "_scale_grad_unless_one_kernel",
             _scale_grad_unless_one_kernel,
@@ -713,19 +708,15 @@ def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
         )
 
 
-SCALE_BLOCK = 4096
-
-
 def scale_grad_unless_one_triton(grad: Tensor, scale: Tensor) -> None:
     """grad *= scale in place unless the one-element `scale` is 1, read on the device (no host
     sync). grad contiguous, scale of grad's dtype (checked by fusedmlp.ops.cross_entropy)."""
     n = grad.numel()
     if n == 0:
         return
-    acc = tl.float64 if grad.dtype == torch.float64 else tl.float32
     with device_guard(grad):
         _scale_grad_unless_one_kernel[(triton.cdiv(n, SCALE_BLOCK),)](
-            grad, scale, n, ACC_DTYPE=acc, BLOCK=SCALE_BLOCK, num_warps=8
+            grad, scale, n, ACC_DTYPE=acc_dtype(grad.dtype), BLOCK=SCALE_BLOCK, num_warps=8
         )
 
 
@@ -783,7 +774,7 @@ def cross_entropy_fwd_triton(
             SMOOTH=label_smoothing > 0,
             HAS_SCALE=grad_scale is not None,
             WRITE_GRAD=grad is not None,
-            ACC_DTYPE=_TORCH_TO_TRITON[acc],
+            ACC_DTYPE=acc_dtype(logits.dtype),
         )
         if resident is not None:
             block_r, block_c, warps = resident
@@ -824,7 +815,7 @@ def _cross_entropy_split(
     dots = torch.empty((N, splits), dtype=acc, device=logits.device)
     xt = torch.zeros(N, dtype=acc, device=logits.device)
     flags = dict(PROB_TARGET=prob, HAS_WEIGHT=weight is not None, SMOOTH=label_smoothing > 0)
-    acc_dtype = _TORCH_TO_TRITON[acc]
+    acc_type = acc_dtype(acc)
     weight_args = (weight if weight is not None else logits, weight.stride(0) if weight is not None else 0)
     target_args = (target, target.stride(0), target.stride(1) if prob else 0)
     smoothing = float(max(label_smoothing, 0.0))
@@ -832,7 +823,7 @@ def _cross_entropy_split(
         _cross_entropy_split_stats_kernel[(N, splits)](
             logits, logits.stride(0), logits.stride(1), *target_args, *weight_args, stats, xt,
             C, ignore_index, smoothing, split_c, splits,
-            **flags, ACC_DTYPE=acc_dtype, BLOCK_C=block, num_warps=num_warps,
+            **flags, ACC_DTYPE=acc_type, BLOCK_C=block, num_warps=num_warps,
         )  # fmt: skip
         _cross_entropy_split_grad_kernel[(N, splits)](
             logits, logits.stride(0), logits.stride(1), *target_args, *weight_args,
@@ -842,11 +833,11 @@ def _cross_entropy_split(
             grad.stride(1) if grad is not None else 0,
             stats, dots, C, ignore_index, smoothing, split_c, splits,
             **flags, HAS_SCALE=grad_scale is not None, WRITE_GRAD=grad is not None,
-            ACC_DTYPE=acc_dtype, BLOCK_C=block, MAX_SPLITS=MAX_SPLITS, num_warps=num_warps,
+            ACC_DTYPE=acc_type, BLOCK_C=block, MAX_SPLITS=MAX_SPLITS, num_warps=num_warps,
         )  # fmt: skip
         _cross_entropy_split_loss_kernel[(N,)](
             target, target.stride(0), *weight_args, stats, dots, xt, loss,
             C, ignore_index, smoothing, splits,
-            **flags, ACC_DTYPE=acc_dtype, MAX_SPLITS=MAX_SPLITS, num_warps=1,
+            **flags, ACC_DTYPE=acc_type, MAX_SPLITS=MAX_SPLITS, num_warps=1,
         )  # fmt: skip
     return loss

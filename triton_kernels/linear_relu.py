@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import aot_spec, device_guard
+from ._launch import acc_dtype, aot_spec, device_guard
 
 __all__ = [
     "linear_relu_fwd_triton",
@@ -689,7 +689,7 @@ def _aot_spec(name: str, dtype: torch.dtype, cfg: triton.Config, variant: str, l
     fn = spec["fn"]
     constexprs = dict(spec["variants"][variant])
     if "ACC_DTYPE" in fn.arg_names:
-        constexprs["ACC_DTYPE"] = _acc_dtype(dtype)
+        constexprs["ACC_DTYPE"] = acc_dtype(dtype)
     constexprs.update(cfg.kwargs)
     unit_strides = spec["layouts"][layout]
     signature, attrs = {}, {}
@@ -763,10 +763,6 @@ def _tile_grid(rows: int, cols: int, row_block: str, col_block: Optional[str], s
         return ((n * triton.cdiv(cols, meta[col_block]) if col_block else n) * splits,)
 
     return grid
-
-
-def _acc_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def _acc_torch_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -891,7 +887,7 @@ def _dw_db_whole_m(
         RELU=relu,
         COMPUTE_DW=compute_dw,
         COMPUTE_DB=compute_db,
-        ACC_DTYPE=_acc_dtype(grad_output.dtype),
+        ACC_DTYPE=acc_dtype(grad_output.dtype),
     )
 
 
@@ -911,10 +907,10 @@ def _dw_db_split_m(
     """grad_weight / grad_bias (fresh contiguous tensors) by the split-M kernel and the
     summing pass: see _dw_db_split_plan."""
     M, N = grad_output.shape
-    acc_dtype = _acc_torch_dtype(grad_output.dtype)
+    part_dtype = _acc_torch_dtype(grad_output.dtype)
     # Each element of a workspace is written by exactly one program, so no zeroing.
-    dw_part = torch.empty((splits, N, K), dtype=acc_dtype, device=grad_output.device) if compute_dw else None
-    db_part = torch.empty((splits, N), dtype=acc_dtype, device=grad_output.device) if compute_db else None
+    dw_part = torch.empty((splits, N, K), dtype=part_dtype, device=grad_output.device) if compute_dw else None
+    db_part = torch.empty((splits, N), dtype=part_dtype, device=grad_output.device) if compute_db else None
     # A workspace not asked for is stood in for by the other one (never dereferenced).
     dw_arg = dw_part if compute_dw else db_part
     db_arg = db_part if compute_db else dw_part
@@ -940,7 +936,7 @@ def _dw_db_split_m(
         RELU=relu,
         COMPUTE_DW=compute_dw,
         COMPUTE_DB=compute_db,
-        ACC_DTYPE=_acc_dtype(grad_output.dtype),
+        ACC_DTYPE=acc_dtype(grad_output.dtype),
     )
     if compute_dw:
         _sum_split_partials(dw_part.view(splits, N * K), grad_weight)
@@ -1013,7 +1009,7 @@ def linear_relu_fwd_triton(input: Tensor, weight: Tensor, bias: Optional[Tensor]
             out.stride(1),
             HAS_BIAS=bias is not None,
             RELU=bool(relu),
-            ACC_DTYPE=_acc_dtype(input.dtype),
+            ACC_DTYPE=acc_dtype(input.dtype),
         )
     return out
 
@@ -1044,7 +1040,7 @@ def linear_relu_bwd_triton(
     relu = bool(relu)
     # Unused when not relu; grad_output has the right shape and dtype to stand in.
     y = output if relu else grad_output
-    acc_dtype = _acc_dtype(input.dtype)
+    acc_type = acc_dtype(input.dtype)
 
     # Gradients not asked for are distinct empty tensors: a custom op's outputs must not alias.
     grad_input = input.new_empty(0)
@@ -1072,7 +1068,7 @@ def linear_relu_bwd_triton(
                         grad_input.stride(0),
                         grad_input.stride(1),
                         RELU=relu,
-                        ACC_DTYPE=acc_dtype,
+                        ACC_DTYPE=acc_type,
                     )
 
     grad_weight = input.new_empty(0)

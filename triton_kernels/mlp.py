@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import aot_spec, device_guard
+from ._launch import acc_dtype, aot_spec, device_guard
 
 __all__ = [
     "mlp_fwd_triton",
@@ -440,10 +440,6 @@ def _check_args(op: str, input: Tensor, weights: Sequence[Tensor], biases: Seque
 # Launchers.
 
 
-def _acc_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def _to_device_table(entries: list[int], device: torch.device) -> Tensor:
     host = torch.tensor(entries, dtype=torch.int64)
     if device.type == "cuda":
@@ -523,7 +519,7 @@ def mlp_fwd_triton(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Te
                 input.stride(0),
                 input.stride(1),
                 HAS_BIAS=bool(biases),
-                ACC_DTYPE=_acc_dtype(input.dtype),
+                ACC_DTYPE=acc_dtype(input.dtype),
                 **config,
                 num_warps=num_warps,
                 num_stages=1,
@@ -602,8 +598,8 @@ def mlp_bwd_triton(
     params_per_program = ws_stride
     if config["PROP_CHUNK"]:
         ws_stride += block_m * width  # the program's scratch rows for g (see the kernel)
-    acc_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
-    workspace = torch.empty(max(num_programs, 1) * ws_stride, dtype=acc_dtype, device=input.device)
+    ws_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
+    workspace = torch.empty(max(num_programs, 1) * ws_stride, dtype=ws_dtype, device=input.device)
     table = _to_device_table(entries, input.device)
     with device_guard(input):
         if num_tiles > 0:
@@ -626,7 +622,7 @@ def mlp_bwd_triton(
                 grad_output.stride(0),
                 grad_output.stride(1),
                 INPUT_GRAD=bool(input_grad),
-                ACC_DTYPE=_acc_dtype(input.dtype),
+                ACC_DTYPE=acc_dtype(input.dtype),
                 **config,
                 num_warps=num_warps,
                 num_stages=1,
@@ -639,7 +635,7 @@ def mlp_bwd_triton(
                 input,
                 num_programs,
                 ws_stride,
-                ACC_DTYPE=_acc_dtype(input.dtype),
+                ACC_DTYPE=acc_dtype(input.dtype),
                 BLOCK=REDUCE_BLOCK,
                 num_warps=4,
             )
@@ -665,7 +661,7 @@ _UNIT_STRIDES = ("stride_xk", "stride_gn")
 
 def _aot_spec(kernel: str, dtype: torch.dtype, variant: str, flags: dict, config: dict, num_warps: int) -> dict:
     fn = KERNELS[kernel]
-    constexprs = dict(flags, ACC_DTYPE=_acc_dtype(dtype), **config)
+    constexprs = dict(flags, ACC_DTYPE=acc_dtype(dtype), **config)
     signature, attrs = {}, {}
     for i, arg in enumerate(fn.arg_names):
         if arg in constexprs:

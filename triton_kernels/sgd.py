@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import aot_spec, device_guard
+from ._launch import acc_dtype, aot_spec, device_guard
 
 __all__ = ["fused_sgd_triton_", "KERNELS", "SUPPORTED_DTYPES", "aot_compile_specs"]
 
@@ -241,7 +241,7 @@ def fused_sgd_triton_(
                 probe if grad_scale is None else grad_scale,
                 probe if found_inf is None else found_inf,
                 probe if first_step_skipped is None else first_step_skipped,
-                ACC_DTYPE=tl.float64 if dtype == torch.float64 else tl.float32,
+                ACC_DTYPE=acc_dtype(dtype),
                 HAS_WEIGHT_DECAY=weight_decay != 0,
                 HAS_MOMENTUM=has_momentum,
                 NESTEROV=nesterov,
@@ -319,7 +319,7 @@ def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
     fn = _fused_sgd_kernel
     for dtype in dtypes:
         for variant, flags in variants.items():
-            constexprs = dict(flags, ACC_DTYPE=tl.float64 if dtype == torch.float64 else tl.float32, BLOCK=BLOCK)
+            constexprs = dict(flags, ACC_DTYPE=acc_dtype(dtype), BLOCK=BLOCK)
             signature = {
                 "table_ptr": "*i64",
                 "num_tensors": "i64",
