@@ -91,8 +91,8 @@ struct BaselineLoop {
 // add(alpha=), which is an fmadd.
 template <typename scalar_t, bool kWd, MomentumMode kMomentum, bool kNesterov>
 struct Avx2Loop {
-  FUSEDMLP_AVX2_FMA static void run(scalar_t* param, const scalar_t* grad, scalar_t* buf,
-                                                      int64_t n, bool maximize, const SgdScalars& s) {
+  FUSEDMLP_AVX2_FMA static void run(scalar_t* param, const scalar_t* grad, scalar_t* buf, int64_t n, bool maximize,
+                                    const SgdScalars& s) {
     sgd_loop<scalar_t, kWd, kMomentum, kNesterov>(param, grad, buf, n, maximize, s);
   }
 };

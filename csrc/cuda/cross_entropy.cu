@@ -482,11 +482,10 @@ int64_t split_columns(int64_t N, int64_t C) {
   if (C < kSplitMinC) return 0;
   const int64_t blocks_wanted = 4 * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   if (N >= blocks_wanted) return 0;
-  const int64_t splits = std::min({kMaxSplits, (blocks_wanted + N - 1) / N, (C + kBlockRowThreads - 1) / kBlockRowThreads});
+  const int64_t splits = std::min({kMaxSplits, ceil_div(blocks_wanted, N), ceil_div(C, kBlockRowThreads)});
   if (splits <= 1) return 0;
   // Ranges of whole 512-column strides, so every thread reads as many elements.
-  const int64_t per_split = (C + splits - 1) / splits;
-  return (per_split + kBlockRowThreads - 1) / kBlockRowThreads * kBlockRowThreads;
+  return ceil_div(ceil_div(C, splits), kBlockRowThreads) * kBlockRowThreads;
 }
 
 template <typename scalar_t>
@@ -495,7 +494,7 @@ void launch_cross_entropy(const CrossEntropyArgs<scalar_t, at::opmath_type<scala
   auto stream = at::cuda::getCurrentCUDAStream();
   const int64_t split_c = split_columns(args.N, args.C);
   if (split_c > 0) {
-    const int64_t splits = (args.C + split_c - 1) / split_c;
+    const int64_t splits = ceil_div(args.C, split_c);
     const at::Tensor stats = at::empty({args.N, splits, 3}, acc_options);
     const at::Tensor dots = at::empty({args.N, splits}, acc_options);
     const at::Tensor x_t = at::zeros({args.N}, acc_options);
@@ -507,7 +506,7 @@ void launch_cross_entropy(const CrossEntropyArgs<scalar_t, at::opmath_type<scala
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     const int threads = 128;
     cross_entropy_split_loss_kernel<scalar_t>
-        <<<static_cast<unsigned>((args.N + threads - 1) / threads), threads, 0, stream>>>(args, ws);
+        <<<static_cast<unsigned>(ceil_div(args.N, threads)), threads, 0, stream>>>(args, ws);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
@@ -518,11 +517,11 @@ void launch_cross_entropy(const CrossEntropyArgs<scalar_t, at::opmath_type<scala
     launch_resident_rows<scalar_t, 512>(args, stream);
   } else if (args.C <= kThreadRowMaxC) {
     const dim3 block(1, kThreadRowsPerBlock);
-    const int64_t blocks = (args.N + kThreadRowsPerBlock - 1) / kThreadRowsPerBlock;
+    const int64_t blocks = ceil_div(args.N, kThreadRowsPerBlock);
     cross_entropy_fwd_kernel<scalar_t, 1><<<static_cast<unsigned>(blocks), block, 0, stream>>>(args);
   } else if (args.C <= kWarpRowMaxC) {
     const dim3 block(kWarp, kWarpRowsPerBlock);
-    const int64_t blocks = (args.N + kWarpRowsPerBlock - 1) / kWarpRowsPerBlock;
+    const int64_t blocks = ceil_div(args.N, kWarpRowsPerBlock);
     cross_entropy_fwd_kernel<scalar_t, kWarp><<<static_cast<unsigned>(blocks), block, 0, stream>>>(args);
   } else {
     cross_entropy_fwd_kernel<scalar_t, kBlockRowThreads>
