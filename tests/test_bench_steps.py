@@ -21,12 +21,15 @@ def _trained_parameters(provider, device, steps=3):
     return [p.detach().clone() for p in model.parameters()]
 
 
+def _providers_but_compile(device):
+    """The benchmark's providers, eager first (the reference of _check_agreement)."""
+    names = [name for name in bench_mlp.providers(torch.device(device)) if name != "torch.compile"]
+    assert names[0] == "eager"
+    return names
+
+
 def test_cpu_providers_take_the_same_steps():
-    names = [name for name in bench_mlp.providers(torch.device("cpu")) if name != "torch.compile"]
-    expected = _trained_parameters("eager", "cpu")
-    for provider in names[1:]:
-        for ours, ref in zip(_trained_parameters(provider, "cpu"), expected):
-            torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5, msg=lambda m, p=provider: f"{p}: {m}")
+    bench_mlp._check_agreement(WIDTHS, BATCH, _providers_but_compile("cpu"), "cpu", steps=3)
 
 
 @pytest.mark.gpu
@@ -52,9 +55,6 @@ def test_cuda_graph_provider_keeps_its_batch_and_optimizer_alive():
 @pytest.mark.gpu
 def test_cuda_providers_take_the_same_steps():
     """Every GPU provider (CUDA graph captures included) trains like eager."""
-    names = [name for name in bench_mlp.providers(torch.device("cuda")) if name != "torch.compile"]
+    names = _providers_but_compile("cuda")
     assert bench_mlp.EAGER_GRAPH in names and bench_mlp.FUSED_GRAPH in names
-    expected = _trained_parameters("eager", "cuda")
-    for provider in names[1:]:
-        for ours, ref in zip(_trained_parameters(provider, "cuda"), expected):
-            torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5, msg=lambda m, p=provider: f"{p}: {m}")
+    bench_mlp._check_agreement(WIDTHS, BATCH, names, "cuda", steps=3)

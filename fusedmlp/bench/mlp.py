@@ -164,12 +164,12 @@ def make_step(
     return step, model
 
 
-def _check_agreement(widths, batch, names, device) -> None:
-    """Two steps of every provider from the same start reach the same parameters."""
+def _check_agreement(widths, batch, names, device, steps: int = 2) -> None:
+    """`steps` steps of every provider from the same start reach the same parameters."""
     results = {}
     for provider in names:
         step, model = make_step(provider, widths, batch, device)
-        for _ in range(2):
+        for _ in range(steps):
             step()
         results[provider] = [p.detach() for p in model.parameters()]
     first = results[names[0]]
