@@ -619,12 +619,9 @@ def test_torch_compile_fullgraph(backend, device, kind):
     ref = F.cross_entropy(x, t, w, label_smoothing=0.1) * 2
     (g_ref,) = torch.autograd.grad(ref, x)
     torch.testing.assert_close(out, ref)
-    # On the first H200 run (torch 2.11) every element differed with relative error exactly 1:
-    # the message says whether the gradient came back zero or scaled.
-    ratio = (g / g_ref).flatten()
-    torch.testing.assert_close(
-        g, g_ref, msg=lambda m: f"{m}\ng / g_ref from {ratio.min().item():.4g} to {ratio.max().item():.4g}"
-    )
+    # Regression (torch 2.11, the GPU machine's): a forward returning `loss.to(same dtype)`, an
+    # alias of an intermediate, made the compiled graph's logits gradient all zeros.
+    torch.testing.assert_close(g, g_ref)
 
 
 # -----------------------------------------------------------------------------------------

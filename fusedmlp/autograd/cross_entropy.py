@@ -88,7 +88,10 @@ class CrossEntropyFunction(torch.autograd.Function):
         ctx.backward_done = False
         if compute_grad or inplace_backward:
             ctx.save_for_backward(grad)
-        return loss.to(logits.dtype)
+        # Not `loss.to(logits.dtype)` when the dtypes already match: that returns `loss` itself,
+        # and torch 2.11's torch.compile then hands the output's gradient to the alias, so the
+        # compiled graph's logits gradient came back all zeros (fixed in later torch).
+        return loss if loss.dtype == logits.dtype else loss.to(logits.dtype)
 
     @staticmethod
     @once_differentiable
