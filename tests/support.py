@@ -105,7 +105,8 @@ _AOT_SCRIPT = textwrap.dedent(r"""
             return r.stderr + r.stdout
 
     results = []
-    jobs = [(spec, cap) for spec in tk.aot_compile_specs() for cap in archs]
+    jobs = [(spec, cap) for spec in tk.aot_compile_specs() for cap in archs
+            if cap in (spec.get("archs") or archs)]
     for spec, cap in jobs[shard::num_shards]:
         row = {k: spec.get(k) for k in ("kernel", "dtype", "variant", "layout", "config", "num_warps", "num_stages")}
         row["arch"] = cap

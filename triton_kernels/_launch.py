@@ -34,10 +34,12 @@ def aot_spec(
     layout: str = "contiguous",
     attrs: dict | None = None,
     num_stages: int = 1,
+    archs: tuple[int, ...] | None = None,
 ) -> dict:
     """One ahead-of-time compile job, as every module's aot_compile_specs yields them for the
     shared runner in tests/support.py (triton.compile(ASTSource(fn, signature, constexprs,
-    attrs)) for sm_80 and sm_90, with ptxas spill reports)."""
+    attrs)) for sm_80 and sm_90, with ptxas spill reports). `archs` restricts a job to the
+    compute capabilities (e.g. ``(80,)``) whose launches use its config; None means every one."""
     return {
         "kernel": kernel,
         "fn": fn,
@@ -50,4 +52,5 @@ def aot_spec(
         "num_warps": num_warps,
         "num_stages": num_stages,
         "config": config,
+        "archs": archs,
     }

@@ -88,8 +88,9 @@ REDUCE_BLOCK = 4096 if INTERPRET else 1024
 # registers per element, so their row tiles shrink as W grows. Backward holds more at once
 # (g, W_i, the layer input, a [DW_CHUNK, W] slice of the weight gradient), hence smaller tiles;
 # PROP_CHUNK > 0 slices the reduction of g @ W_i (fp32/fp64 at W = 128 spilled with every tile
-# without it; with it, larger row tiles fit elsewhere too). Chosen from ptxas sweeps; every
-# entry is compiled for sm_80 and sm_90 by the AOT test, which fails on any register spill.
+# without it; with it, larger row tiles fit elsewhere too). Chosen from ptxas sweeps; the AOT
+# test compiles every entry for the architectures that launch it (sm_90 and, unless
+# _PRE_HOPPER_TILES replaces it, sm_80) and fails on any register spill.
 _GPU_TILES = {
     "fwd": {
         "tensor_core": {16: (128, 4), 32: (128, 4), 64: (128, 4), 128: (64, 4)},
@@ -103,6 +104,11 @@ _GPU_TILES = {
     },
 }
 
+# Before Hopper (no wgmma) the tensor-core dots are mma.sync, whose operand and accumulator
+# fragments stay in each warp's registers: with triton 3.6 the backward at W = 64 and 128 spilled
+# 64-384 bytes on sm_80 at the tiles above (triton 3.8 did not). Half the rows fit both.
+_PRE_HOPPER_TILES = {("bwd", "tensor_core", 64): (64, 8, 16, 0), ("bwd", "tensor_core", 128): (32, 8, 16, 32)}
+
 _DTYPE_FAMILY = {
     torch.float16: "tensor_core",
     torch.bfloat16: "tensor_core",
@@ -112,9 +118,13 @@ _DTYPE_FAMILY = {
 _WIDTHS = (16, 32, 64, 128)
 
 
-def _gpu_config(direction: str, dtype: torch.dtype, width: int) -> tuple[dict, int]:
-    """(constexpr tile config, num_warps) of a kernel on the GPU."""
-    tile = _GPU_TILES[direction][_DTYPE_FAMILY[dtype]][width]
+def _gpu_config(direction: str, dtype: torch.dtype, width: int, arch: int) -> tuple[dict, int]:
+    """(constexpr tile config, num_warps) of a kernel on a GPU of compute capability `arch`
+    (major * 10 + minor)."""
+    family = _DTYPE_FAMILY[dtype]
+    tile = _GPU_TILES[direction][family][width]
+    if arch < 90:
+        tile = _PRE_HOPPER_TILES.get((direction, family, width), tile)
     config = {"W": width, "BLOCK_M": tile[0]}
     if direction == "bwd":
         config["DW_CHUNK"] = tile[2]
@@ -122,7 +132,7 @@ def _gpu_config(direction: str, dtype: torch.dtype, width: int) -> tuple[dict, i
     return config, tile[1]
 
 
-def _config(direction: str, dtype: torch.dtype, width: int) -> tuple[dict, int]:
+def _config(direction: str, dtype: torch.dtype, width: int, device: torch.device) -> tuple[dict, int]:
     if INTERPRET:
         # 16-row tiles keep the interpreter fast and let tiny batches hit BLOCK-1/BLOCK/BLOCK+1;
         # 16-wide weight-gradient chunks make every width above 16 loop over chunks.
@@ -131,7 +141,7 @@ def _config(direction: str, dtype: torch.dtype, width: int) -> tuple[dict, int]:
             config["DW_CHUNK"] = 16
             config["PROP_CHUNK"] = 16 if width == MAX_WIDTH else 0  # as fp32/fp64 on the GPU
         return config, 1
-    return _gpu_config(direction, dtype, width)
+    return _gpu_config(direction, dtype, width, _arch(device.index))
 
 
 def _padded_width(widths: Sequence[int]) -> int:
@@ -492,6 +502,12 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+@functools.cache
+def _arch(device_index: int) -> int:
+    major, minor = torch.cuda.get_device_capability(device_index)
+    return major * 10 + minor
+
+
 def mlp_fwd_triton(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
     """(output [M, K_L], hidden ReLU outputs [M, K(i+1)] for i < L-1), one launch; `biases` holds
     one bias per weight or none. Raises RuntimeError outside coverage (see uncovered_reason)."""
@@ -503,7 +519,7 @@ def mlp_fwd_triton(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Te
     if M > 0:
         widths = [input.shape[1]] + [w.shape[0] for w in weights]
         width = _padded_width(widths)
-        config, num_warps = _config("fwd", input.dtype, width)
+        config, num_warps = _config("fwd", input.dtype, width, input.device)
         block_m = config["BLOCK_M"]
         input = _int32_tile_offsets(input, block_m, width)
         entries = []
@@ -571,7 +587,7 @@ def mlp_bwd_triton(
     weights = [w.contiguous() for w in weights]
     activations = [a.contiguous() for a in activations]
     width = _padded_width(widths)
-    config, num_warps = _config("bwd", input.dtype, width)
+    config, num_warps = _config("bwd", input.dtype, width, input.device)
     block_m = config["BLOCK_M"]
     input = _int32_tile_offsets(input, block_m, width)
     grad_output = _int32_tile_offsets(grad_output, block_m, width)
@@ -659,7 +675,9 @@ _AOT_VARIANTS = {
 _UNIT_STRIDES = ("stride_xk", "stride_gn")
 
 
-def _aot_spec(kernel: str, dtype: torch.dtype, variant: str, flags: dict, config: dict, num_warps: int) -> dict:
+def _aot_spec(
+    kernel: str, dtype: torch.dtype, variant: str, flags: dict, config: dict, num_warps: int, archs=None
+) -> dict:
     fn = KERNELS[kernel]
     constexprs = dict(flags, ACC_DTYPE=acc_dtype(dtype), **config)
     signature, attrs = {}, {}
@@ -679,17 +697,20 @@ def _aot_spec(kernel: str, dtype: torch.dtype, variant: str, flags: dict, config
             attrs[(i,)] = [["tt.divisibility", 16]]
         else:
             signature[arg] = "i32"
-    return aot_spec(kernel, fn, dtype, variant, signature, constexprs, num_warps, config, attrs=attrs)
+    return aot_spec(kernel, fn, dtype, variant, signature, constexprs, num_warps, config, attrs=attrs, archs=archs)
 
 
 def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
-    """Yield one dict per kernel x dtype x padded width x flag variant with: kernel, fn, dtype,
-    variant, layout, signature, constexprs, attrs, num_warps, num_stages, config."""
+    """Yield one dict per kernel x dtype x padded width x flag variant (x architecture, where
+    sm_80 and sm_90 tiles differ) with: kernel, fn, dtype, variant, layout, signature,
+    constexprs, attrs, num_warps, num_stages, config, archs."""
     for dtype in dtypes:
         for kernel, direction in (("_mlp_fwd_kernel", "fwd"), ("_mlp_bwd_kernel", "bwd")):
             for width in _WIDTHS:
-                config, num_warps = _gpu_config(direction, dtype, width)
-                for variant, flags in _AOT_VARIANTS[kernel].items():
-                    if variant == "full" or width == MAX_WIDTH:
-                        yield _aot_spec(kernel, dtype, variant, flags, config, num_warps)
+                hopper, ampere = (_gpu_config(direction, dtype, width, arch) for arch in (90, 80))
+                per_arch = [(hopper, None)] if hopper == ampere else [(ampere, (80,)), (hopper, (90,))]
+                for (config, num_warps), archs in per_arch:
+                    for variant, flags in _AOT_VARIANTS[kernel].items():
+                        if variant == "full" or width == MAX_WIDTH:
+                            yield _aot_spec(kernel, dtype, variant, flags, config, num_warps, archs)
         yield _aot_spec("_mlp_grad_reduce_kernel", dtype, "sum", {}, {"BLOCK": 1024}, 4)
