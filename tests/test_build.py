@@ -179,3 +179,39 @@ def test_fused_mlp_kernels_built_for_sm80_sm90_with_tensor_cores():
                 sass_fp32 = _mlp_kernel(kernels, name, "f", width)
                 assert "HMMA" not in sass_fp32 and "FFMA" in sass_fp32, f"{arch} {name}<float, {width}>"
                 assert "DFMA" in _mlp_kernel(kernels, name, "d", width), f"{arch} {name}<double, {width}>"
+
+
+@pytest.mark.parametrize(
+    "widths,match",
+    [
+        ((129, 8, 2), "covers widths up to 128, got 129 input features"),
+        ((8, 200, 2), "covers widths up to 128, got 200 out features in layer 0"),
+        ((4,) * 10, "covers at most 8 layers, got 9"),
+    ],
+    ids=["wide_input", "wide_hidden", "deep"],
+)
+def test_cuda_mlp_host_checks_reject_uncovered_shapes_without_a_gpu(widths, match):
+    """The CUDA MLP kernels' host-side coverage checks, run here without a GPU: fake CUDA tensors
+    (shapes and device, no memory) sent straight to the CUDA dispatch key, so the kernels'
+    host code runs up to the check and raises. (On the first H200 run the first of these calls
+    crashed the process; this shows the host path itself raises cleanly, with the torch here.)"""
+    if not (_backend.HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key("fusedmlp::mlp_fwd", "CUDA")):
+        pytest.skip("fusedmlp._C was built without CUDA kernels")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x = torch.empty(3, widths[0], device="cuda")
+        weights = [torch.empty(n_out, n_in, device="cuda") for n_in, n_out in zip(widths[:-1], widths[1:])]
+        biases = [torch.empty(n_out, device="cuda") for n_out in widths[1:]]
+        activations = [torch.empty(3, n, device="cuda") for n in widths[1:-1]]
+        grad_output = torch.empty(3, widths[-1], device="cuda")
+    cuda = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+    layers = len(weights)
+    calls = {
+        "mlp_fwd": (x, weights, biases),
+        "mlp_bwd": (grad_output, x, weights, activations, True, [True] * layers, [True] * layers),
+    }
+    for op, args in calls.items():
+        with pytest.raises(RuntimeError, match=match) as error:
+            getattr(torch.ops.fusedmlp, op).default._handle.redispatch_boxed(cuda, *args)
+        assert str(error.value).startswith(f"{op}: ") and "layer by layer" in str(error.value)
