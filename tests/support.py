@@ -72,6 +72,15 @@ def close_to_reference(
 
 
 # ---------------------------------------------------------------------------------------
+# Networks the fused whole-network CUDA kernels do not cover, with the message their coverage
+# check gives: (widths, regex), one pytest.param each.
+UNCOVERED_MLP_SHAPES = [
+    pytest.param((129, 8, 2), "covers widths up to 128, got 129 input features", id="wide_input"),
+    pytest.param((8, 200, 2), "covers widths up to 128, got 200 out features in layer 0", id="wide_hidden"),
+    pytest.param((4,) * 10, "covers at most 8 layers, got 9", id="deep"),
+]
+
+
 # Triton AOT compile for sm_80 / sm_90, no GPU needed.
 
 AOT_ARCHS = (80, 90)

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+from support import UNCOVERED_MLP_SHAPES
 
 from fusedmlp import _backend
 
@@ -181,15 +182,7 @@ def test_fused_mlp_kernels_built_for_sm80_sm90_with_tensor_cores():
                 assert "DFMA" in _mlp_kernel(kernels, name, "d", width), f"{arch} {name}<double, {width}>"
 
 
-@pytest.mark.parametrize(
-    "widths,match",
-    [
-        ((129, 8, 2), "covers widths up to 128, got 129 input features"),
-        ((8, 200, 2), "covers widths up to 128, got 200 out features in layer 0"),
-        ((4,) * 10, "covers at most 8 layers, got 9"),
-    ],
-    ids=["wide_input", "wide_hidden", "deep"],
-)
+@pytest.mark.parametrize("widths,match", UNCOVERED_MLP_SHAPES)
 def test_cuda_mlp_host_checks_reject_uncovered_shapes_without_a_gpu(widths, match):
     """The CUDA MLP kernels' host-side coverage checks, run here without a GPU: fake CUDA tensors
     (shapes and device, no memory) sent straight to the CUDA dispatch key, so the kernels'

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 import torch
-from support import close_to_reference, require
+from support import UNCOVERED_MLP_SHAPES, close_to_reference, require
 
 from fusedmlp.ops.mlp import mlp_bwd_torch, mlp_fwd_torch
 
@@ -296,15 +296,7 @@ def check_uncovered_shape_rejected(widths, match):
         torch.ops.fusedmlp.mlp_bwd(grad_output, x, weights, activations, True, [True] * layers, [True] * layers)
 
 
-@pytest.mark.parametrize(
-    "widths,match",
-    [
-        ((129, 8, 2), "covers widths up to 128, got 129 input features"),
-        ((8, 200, 2), "covers widths up to 128, got 200 out features in layer 0"),
-        ((4,) * 10, "covers at most 8 layers, got 9"),
-    ],
-    ids=["wide_input", "wide_hidden", "deep"],
-)
+@pytest.mark.parametrize("widths,match", UNCOVERED_MLP_SHAPES)
 def test_uncovered_shapes_are_rejected(widths, match):
     """In a subprocess: on the first H200 run the first of these calls killed the interpreter
     (a segfault in mlp_fwd, cause unknown), and with it the whole test session. Here a crash
