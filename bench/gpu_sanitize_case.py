@@ -58,8 +58,9 @@ def kernel_cases():
                 model(x).sum().backward()
             # Cross-entropy, one row per warp / in registers / per block (C = 3001 is no multiple
             # of the vector), rows split across blocks/programs; backward with a scale of 1 (the
-            # in-place scaling exits) and of 2.
-            for N, C in ((5, 7), (3, 3000), (3, 3001), (2, 20000)):
+            # in-place scaling exits) and of 2; 9000 rows: the "mean" denominator and the reduction
+            # take two launches each (per-block partial sums, then their sum).
+            for N, C in ((5, 7), (3, 3000), (3, 3001), (2, 20000), (9000, 3)):
                 logits = torch.randn(N, C, device="cuda", dtype=dtype, requires_grad=True)
                 target = torch.randint(0, C, (N,), device="cuda")
                 for scale in (1.0, 2.0):

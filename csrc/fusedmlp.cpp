@@ -58,6 +58,20 @@ TORCH_LIBRARY(fusedmlp, m) {
   // of loss.backward(), skips the logits-sized pass over the saved gradient. grad is
   // contiguous; scale has grad's dtype and device.
   m.def("scale_grad_unless_one_(Tensor(a!) grad, Tensor scale) -> ()");
+  // The reduction around cross_entropy_fwd, where the targets live (no host sync), each one
+  // kernel launch for up to 8192 rows and two beyond (in place of five ATen ops for "mean";
+  // a GPU step of a small network is mostly launches). Sums run in float64, in a fixed order.
+  // cross_entropy_mean_denominator: torch's "mean" denominator, the summed weight of the class
+  // indices [N] that are not ignore_index (their count without weight), or N for probabilities
+  // [N, C] (0 when C is 0, so the mean is NaN as in torch), and its reciprocal (the grad_scale
+  // of cross_entropy_fwd); both [1] in `dtype` (the losses' accumulation dtype).
+  m.def(
+      "cross_entropy_mean_denominator(Tensor target, Tensor? weight, int ignore_index, ScalarType dtype) "
+      "-> (Tensor denominator, Tensor reciprocal)");
+  // cross_entropy_reduce: sum(loss_rows), divided by denominator when given, as a 0-d tensor
+  // of `dtype` (the logits' dtype); the sum is rounded to the losses' dtype before the divide,
+  // as loss_rows.sum() / denominator.
+  m.def("cross_entropy_reduce(Tensor loss_rows, Tensor? denominator, ScalarType dtype) -> Tensor");
   // The differentiable loss over [N, C] logits: cross_entropy_fwd plus the reduction
   // ("none" | "mean" | "sum", as F.cross_entropy), with its autograd in C++
   // (csrc/autograd/cross_entropy.cpp). fusedmlp.functional.cross_entropy calls it for the

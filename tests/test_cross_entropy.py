@@ -321,6 +321,79 @@ def test_scale_grad_unless_one(backend, device, dtype):
         op(before, torch.ones(1, device=device, dtype=torch.float16))
 
 
+CPP_BACKEND_DEVICE = [p for p in BACKEND_DEVICE if p.values[0] in ("cpu", "cuda")]
+# Batch sizes for the reduction ops: empty, the tutorial's, one block's worth exactly (8192
+# items), and past it (two launches on a GPU: per-block partial sums, then their sum).
+REDUCE_ROWS = [0, 1, 64, 8192, 8193, 50_000]
+
+
+@pytest.mark.parametrize("backend,device", CPP_BACKEND_DEVICE)
+@pytest.mark.parametrize("rows", REDUCE_ROWS)
+@pytest.mark.parametrize("acc", [torch.float32, torch.float64], ids=str)
+def test_mean_denominator_op(backend, device, rows, acc):
+    """torch's "mean" denominator (the summed weight of the targets not ignored, their count
+    without weight, N for probabilities) and its reciprocal, against a float64 reference."""
+    require(backend, device)
+    op = torch.ops.fusedmlp.cross_entropy_mean_denominator
+    C = 7
+    g = torch.Generator().manual_seed(rows)
+    t = torch.randint(0, C, (rows,), generator=g)
+    t[torch.rand(rows, generator=g) < 0.3] = -1
+    w = torch.rand(C, generator=g, dtype=torch.float64) + 0.5
+    valid = t != -1
+    cases = [
+        (t, None, valid.sum().double()),
+        (t, w.to(torch.float16), w.to(torch.float16).double()[t.clamp(min=0)][valid].sum()),
+        (t, w.to(acc), w.to(acc).double()[t.clamp(min=0)][valid].sum()),
+        (torch.rand(rows, C, generator=g).to(acc), None, torch.tensor(float(rows), dtype=torch.float64)),
+    ]
+    for target, weight, expected in cases:
+        weight = None if weight is None else weight.to(device)
+        denominator, reciprocal = op(target.to(device), weight, -1, acc)
+        assert denominator.shape == reciprocal.shape == (1,) and denominator.dtype == reciprocal.dtype == acc
+        torch.testing.assert_close(denominator.cpu(), expected.to(acc).reshape(1))
+        torch.testing.assert_close(reciprocal.cpu(), 1 / expected.to(acc).reshape(1))
+    # Every target ignored, or no classes: 0, whose reciprocal (and so the mean) is not finite.
+    all_ignored = torch.full((rows,), -1, device=device)
+    assert op(all_ignored, None, -1, acc)[0].item() == 0
+    assert op(torch.empty(rows, 0, device=device, dtype=acc), None, -1, acc)[0].item() == 0
+    torch.library.opcheck(op.default, (t.to(device), w.to(device), -1, acc))
+    torch.library.opcheck(op.default, (t.to(device), None, -1, acc))
+
+
+@pytest.mark.parametrize("backend,device", CPP_BACKEND_DEVICE)
+@pytest.mark.parametrize("rows", REDUCE_ROWS)
+@pytest.mark.parametrize("acc", [torch.float32, torch.float64], ids=str)
+def test_reduce_op(backend, device, rows, acc):
+    """sum(loss_rows) [/ denominator] as a 0-d tensor of the logits' dtype: torch's
+    loss_rows.sum() / denominator, then .to(dtype)."""
+    require(backend, device)
+    op = torch.ops.fusedmlp.cross_entropy_reduce
+    g = torch.Generator().manual_seed(rows)
+    loss_rows = (torch.rand(rows, generator=g, dtype=torch.float64) * 5).to(acc).to(device)
+    denominator = torch.tensor([max(rows, 1) * 0.75], dtype=acc, device=device)
+    out_dtypes = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+    for out_dtype in out_dtypes:
+        for d in (None, denominator):
+            out = op(loss_rows, d, out_dtype)
+            expected = loss_rows.double().sum()
+            expected = expected.to(acc) if d is None else expected.to(acc) / d.reshape(())
+            assert out.shape == () and out.dtype == out_dtype and out.device.type == device
+            torch.testing.assert_close(
+                out, expected.to(out_dtype), rtol=1e-6 if acc == torch.float32 else 1e-12, atol=0
+            )
+    # An empty batch: a sum of 0, a mean of 0 / 0.
+    empty = loss_rows[:0]
+    assert op(empty, None, acc).item() == 0
+    assert op(empty, torch.zeros(1, dtype=acc, device=device), acc).isnan()
+    torch.library.opcheck(op.default, (loss_rows, denominator, torch.float16))
+    torch.library.opcheck(op.default, (loss_rows, None, acc))
+    with pytest.raises(RuntimeError, match="per-row losses"):
+        op(loss_rows.to(torch.float16), None, acc)
+    with pytest.raises(RuntimeError, match="one-element denominator"):
+        op(loss_rows, torch.ones(2, dtype=acc, device=device), acc)
+
+
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
 def test_canary_views(backend, device):
     """Logits as a view into a NaN-filled buffer: nothing outside the view is read or written."""

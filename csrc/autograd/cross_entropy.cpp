@@ -52,24 +52,6 @@ at::Tensor as_dtype(const at::Tensor& t, at::ScalarType dtype) {
   return t.scalar_type() == dtype ? t : t.to(dtype);
 }
 
-// torch's "mean" denominator, on the device (no host sync): the summed weight of the targets
-// that are not ignored for class indices; the number of rows for probabilities (0 when the
-// input is empty, so that the mean is NaN as in torch).
-at::Tensor mean_denominator(const at::Tensor& target, const std::optional<at::Tensor>& weight, int64_t ignore_index,
-                            int64_t num_classes, at::ScalarType acc) {
-  const auto options = target.options().dtype(acc);
-  if (target.dim() == 2) {
-    return at::full({}, target.size(1) > 0 ? target.size(0) : 0, options);
-  }
-  const at::Tensor valid = target.ne(ignore_index);
-  if (!weight.has_value()) return valid.sum(acc);
-  // The clamp only keeps the gather in bounds: out-of-range targets are rejected (CPU) or
-  // validated on request (GPU) before this point.
-  const at::Tensor weight_of_target =
-      as_dtype(*weight, acc).gather(0, target.clamp(0, std::max<int64_t>(num_classes - 1, 0)));
-  return at::where(valid, weight_of_target, at::zeros({}, options)).sum();
-}
-
 // Whether t is a real tensor (not a fake or functionalized one, whose data cannot be read or
 // written behind the tracer's back).
 bool is_plain(const at::Tensor& t) {
@@ -95,74 +77,43 @@ bool is_plain_cpu_one(const at::Tensor& grad_output) {
   return is_plain_cpu(grad_output) && grad_output.dim() == 0 && grad_output.item<double>() == 1.0;
 }
 
-// On real CPU tensors the "mean" denominator and the reduction are read and written directly:
-// a loop over a batch's targets or losses costs less than one of the five ATen calls
-// (denominator, reciprocal, reshape, sum, divide) it replaces, and together those were a third
-// of the op for a small batch. Same values as mean_denominator / sum (up to summation order).
-double cpu_mean_denominator(const at::Tensor& target, const std::optional<at::Tensor>& weight, int64_t ignore_index,
-                            int64_t num_classes) {
-  if (target.dim() == 2) return target.size(1) > 0 ? static_cast<double>(target.size(0)) : 0.0;
-  const at::Tensor target_c = target.contiguous();
-  const int64_t* t = target_c.const_data_ptr<int64_t>();
-  const at::Tensor weight_c = weight.has_value() ? as_dtype(*weight, at::kDouble).contiguous() : at::Tensor();
-  const double* w = weight_c.defined() ? weight_c.const_data_ptr<double>() : nullptr;
-  double sum = 0;
-  for (int64_t i = 0; i < target_c.numel(); ++i) {
-    // Out-of-range targets add nothing here; the kernel rejects them right after.
-    if (t[i] != ignore_index && t[i] >= 0 && t[i] < num_classes) sum += w != nullptr ? w[t[i]] : 1.0;
-  }
-  return sum;
-}
-
-// A CPU tensor of shape `sizes` and dtype `acc` holding `value` (in the dtype's precision).
-at::Tensor cpu_scalar(double value, at::IntArrayRef sizes, at::ScalarType acc) {
-  at::Tensor t = at::empty(sizes, at::TensorOptions().dtype(acc));
-  AT_DISPATCH_FLOATING_TYPES(acc, "cpu_scalar", [&] { t.mutable_data_ptr<scalar_t>()[0] = static_cast<scalar_t>(value); });
-  return t;
-}
-
-// The 0-d sum of per-row losses (acc dtype, contiguous [N]), divided by `denominator`. The sum
-// runs in double: a plain float loop would lose more than torch's cascade sum on big batches.
-at::Tensor cpu_reduce_rows(const at::Tensor& loss_rows, double denominator) {
-  double total = 0;
-  AT_DISPATCH_FLOATING_TYPES(loss_rows.scalar_type(), "cpu_reduce_rows", [&] {
-    const scalar_t* rows = loss_rows.const_data_ptr<scalar_t>();
-    for (int64_t i = 0; i < loss_rows.numel(); ++i) total += static_cast<double>(rows[i]);
-  });
-  return cpu_scalar(total / denominator, {}, loss_rows.scalar_type());
-}
+using MeanDenominatorSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&,
+                                                                     const std::optional<at::Tensor>&, int64_t,
+                                                                     at::ScalarType);
+using ReduceSignature = at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, at::ScalarType);
 
 // torch's reduction of the per-row losses, for both entry points (with and without autograd):
 // the "mean" denominator is known before the kernel runs (its gradient is scaled by it), the
-// sum after. On real CPU tensors both are loops (see cpu_mean_denominator), elsewhere ATen ops
-// on the device (no host sync).
+// sum after. Both are fusedmlp ops on the device (no host sync; one or two launches each where
+// ATen needs five in all); on real CPU tensors their CPU kernels are called directly, as the
+// dispatcher would cost more than their loops over a small batch.
 struct LossReduction {
   Reduction reduction;
   bool plain_cpu;
-  double cpu_denominator = 1.0;           // "mean" on real CPU tensors
-  std::optional<at::Tensor> denominator;  // "mean" elsewhere
+  std::optional<at::Tensor> denominator;  // "mean": [1], and its reciprocal, the gradient's scale
+  std::optional<at::Tensor> reciprocal;
 
   LossReduction(Reduction r, const at::Tensor& logits, const at::Tensor& target,
                 const std::optional<at::Tensor>& weight, int64_t ignore_index, at::ScalarType acc)
       : reduction(r), plain_cpu(is_plain_cpu(logits) && is_plain_cpu(target)) {
     if (r != Reduction::Mean) return;
     if (plain_cpu) {
-      cpu_denominator = cpu_mean_denominator(target, weight, ignore_index, logits.size(1));
-    } else {
-      denominator = mean_denominator(target, weight, ignore_index, logits.size(1), acc);
+      std::tie(denominator, reciprocal) = cross_entropy_mean_denominator_cpu(target, weight, ignore_index, acc);
+      return;
     }
+    static const auto op = c10::Dispatcher::singleton()
+                               .findSchemaOrThrow("fusedmlp::cross_entropy_mean_denominator", "")
+                               .typed<MeanDenominatorSignature>();
+    std::tie(denominator, reciprocal) = op.call(target, weight, ignore_index, acc);
   }
 
-  // What the kernel scales the gradient by: 1 / denominator for "mean", nothing otherwise.
-  std::optional<at::Tensor> grad_scale(at::ScalarType acc) const {
-    if (reduction != Reduction::Mean) return std::nullopt;
-    return plain_cpu ? cpu_scalar(1.0 / cpu_denominator, {1}, acc) : denominator->reciprocal().reshape({1});
-  }
-
-  at::Tensor reduce(const at::Tensor& loss_rows) const {
-    if (reduction == Reduction::None) return loss_rows;
-    if (plain_cpu) return cpu_reduce_rows(loss_rows, cpu_denominator);
-    return reduction == Reduction::Sum ? loss_rows.sum() : loss_rows.sum().div_(*denominator);
+  // The reduced loss (0-d) or, for "none", the per-row losses, in `dtype` (the logits').
+  at::Tensor reduce(const at::Tensor& loss_rows, at::ScalarType dtype) const {
+    if (reduction == Reduction::None) return as_dtype(loss_rows, dtype);
+    if (plain_cpu) return cross_entropy_reduce_cpu(loss_rows, denominator, dtype);
+    static const auto op =
+        c10::Dispatcher::singleton().findSchemaOrThrow("fusedmlp::cross_entropy_reduce", "").typed<ReduceSignature>();
+    return op.call(loss_rows, denominator, dtype);
   }
 };
 
@@ -177,10 +128,10 @@ struct CrossEntropyAutogradFunction : public torch::autograd::Function<CrossEntr
     const at::ScalarType acc = logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
     const LossReduction reduce(reduction, logits, target, weight, ignore_index, acc);
     auto [loss_rows, grad] = call_cross_entropy_fwd(logits, target, weight, ignore_index, label_smoothing,
-                                                    reduce.grad_scale(acc), compute_grad);
+                                                    reduce.reciprocal, compute_grad);
     ctx->saved_data["reduction"] = static_cast<int64_t>(reduction);
     if (compute_grad) ctx->save_for_backward({grad});
-    return as_dtype(reduce.reduce(loss_rows), logits.scalar_type());
+    return reduce.reduce(loss_rows, logits.scalar_type());
   }
 
   // Gradients in forward's argument order; only the logits get one.
@@ -236,7 +187,7 @@ at::Tensor cross_entropy_forward_only(const at::Tensor& logits, const at::Tensor
   const LossReduction reduce(r, logits, target, weight, ignore_index, acc);
   const at::Tensor loss_rows =
       std::get<0>(call_cross_entropy_fwd(logits, target, weight, ignore_index, label_smoothing, std::nullopt, false));
-  return as_dtype(reduce.reduce(loss_rows), logits.scalar_type());
+  return reduce.reduce(loss_rows, logits.scalar_type());
 }
 
 }  // namespace

@@ -373,12 +373,79 @@ void scale_grad_unless_one_cpu(at::Tensor& grad, const at::Tensor& scale) {
   if (scale.item<double>() != 1.0) grad.mul_(scale.reshape({}));
 }
 
+// A one-element CPU tensor of shape `sizes` and `dtype` holding `value`.
+at::Tensor cpu_one_element(double value, at::IntArrayRef sizes, at::ScalarType dtype) {
+  at::Tensor t = at::empty(sizes, at::TensorOptions().dtype(dtype));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "cpu_one_element",
+                                  [&] { t.mutable_data_ptr<scalar_t>()[0] = static_cast<scalar_t>(value); });
+  return t;
+}
+
 }  // namespace
+
+// Loops over the batch's targets or losses: for a small batch each costs less than one of the
+// ATen calls it replaces. Sums in double, as on the GPU (a plain float loop would lose more
+// than torch's cascade sum on big batches).
+std::tuple<at::Tensor, at::Tensor> cross_entropy_mean_denominator_cpu(const at::Tensor& target,
+                                                                      const std::optional<at::Tensor>& weight,
+                                                                      int64_t ignore_index, at::ScalarType dtype) {
+  check_mean_denominator_args(target, weight, dtype);
+  TORCH_CHECK(target.device().is_cpu(), "cross_entropy_mean_denominator_cpu: expected CPU tensors, got ",
+              target.device());
+  double sum = 0;
+  if (target.dim() == 2) {
+    sum = target.size(1) > 0 ? static_cast<double>(target.size(0)) : 0.0;
+  } else {
+    const at::Tensor target_c = target.contiguous();
+    const int64_t* t = target_c.const_data_ptr<int64_t>();
+    const int64_t n = target_c.numel();
+    if (!weight.has_value()) {
+      for (int64_t i = 0; i < n; ++i) sum += t[i] != ignore_index ? 1.0 : 0.0;
+    } else {
+      const at::Tensor weight_c = weight->contiguous();
+      const int64_t num_weights = weight_c.numel();
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight_c.scalar_type(),
+                                      "cross_entropy_mean_denominator_cpu", [&] {
+        const scalar_t* w = weight_c.const_data_ptr<scalar_t>();
+        for (int64_t i = 0; i < n; ++i) {
+          // Out-of-range targets weigh nothing here; the cross-entropy kernel rejects them.
+          if (t[i] != ignore_index && t[i] >= 0 && t[i] < num_weights) sum += static_cast<double>(w[t[i]]);
+        }
+      });
+    }
+  }
+  at::Tensor denominator = cpu_one_element(sum, {1}, dtype);
+  at::Tensor reciprocal = at::empty({1}, denominator.options());
+  AT_DISPATCH_FLOATING_TYPES(dtype, "cross_entropy_mean_denominator_cpu", [&] {
+    reciprocal.mutable_data_ptr<scalar_t>()[0] = scalar_t(1) / denominator.const_data_ptr<scalar_t>()[0];
+  });
+  return {denominator, reciprocal};
+}
+
+at::Tensor cross_entropy_reduce_cpu(const at::Tensor& loss_rows, const std::optional<at::Tensor>& denominator,
+                                    at::ScalarType dtype) {
+  check_reduce_args(loss_rows, denominator, dtype);
+  TORCH_CHECK(loss_rows.device().is_cpu(), "cross_entropy_reduce_cpu: expected CPU tensors, got ",
+              loss_rows.device());
+  double value = 0;
+  AT_DISPATCH_FLOATING_TYPES(loss_rows.scalar_type(), "cross_entropy_reduce_cpu", [&] {
+    const at::Tensor rows = loss_rows.contiguous();
+    const scalar_t* r = rows.const_data_ptr<scalar_t>();
+    double total = 0;
+    for (int64_t i = 0; i < rows.numel(); ++i) total += static_cast<double>(r[i]);
+    scalar_t result = static_cast<scalar_t>(total);
+    if (denominator.has_value()) result = result / denominator->const_data_ptr<scalar_t>()[0];
+    value = static_cast<double>(result);
+  });
+  return cpu_one_element(value, {}, dtype);
+}
 
 TORCH_LIBRARY_IMPL(fusedmlp, CPU, m) {
   m.impl("cross_entropy_fwd", &cross_entropy_fwd_cpu);
   m.impl("cross_entropy_fwd_inplace", &cross_entropy_fwd_inplace_cpu);
   m.impl("scale_grad_unless_one_", &scale_grad_unless_one_cpu);
+  m.impl("cross_entropy_mean_denominator", &cross_entropy_mean_denominator_cpu);
+  m.impl("cross_entropy_reduce", &cross_entropy_reduce_cpu);
 }
 
 }  // namespace fusedmlp

@@ -617,12 +617,175 @@ void scale_grad_unless_one_cuda(at::Tensor& grad, const at::Tensor& scale) {
   });
 }
 
+// The reduction around the cross-entropy kernel (cross_entropy_mean_denominator and
+// cross_entropy_reduce): a sum over the batch in float64, in a fixed order (deterministic,
+// no atomics). One block sums up to kSumBlockItems items in one launch (the tutorial's
+// batches); longer inputs take two: per-block partial sums, then one block over those. The
+// ATen ops this replaces were five launches for "mean", a large part of a small network's GPU
+// step, which is launch-bound.
+constexpr int kSumThreads = 512;
+constexpr int64_t kSumBlockItems = 16 * kSumThreads;
+constexpr int64_t kMaxSumBlocks = 1024;
+
+// Sum of load(i) over [begin, end): thread-strided, then a shuffle tree per warp and the warps'
+// sums in order. The result is valid in thread 0.
+template <typename Load>
+__device__ double block_sum(const Load& load, int64_t begin, int64_t end) {
+  __shared__ double warp_sums[kSumThreads / kWarp];
+  double sum = 0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += kSumThreads) sum += load(i);
+  for (int offset = kWarp / 2; offset > 0; offset /= 2) sum += __shfl_down_sync(0xffffffffu, sum, offset);
+  if (threadIdx.x % kWarp == 0) warp_sums[threadIdx.x / kWarp] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    sum = 0;
+    for (int w = 0; w < kSumThreads / kWarp; ++w) sum += warp_sums[w];
+  }
+  return sum;
+}
+
+// Block b sums items [b * per_block, (b + 1) * per_block) of n. A single block hands its sum to
+// `finish`; otherwise it becomes partials[b], for a second, single-block launch over them.
+template <typename Load, typename Finish>
+__global__ void __launch_bounds__(kSumThreads) batch_sum_kernel(Load load, int64_t n, int64_t per_block,
+                                                                double* partials, Finish finish) {
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * per_block;
+  const double sum = block_sum(load, begin, std::min(n, begin + per_block));
+  if (threadIdx.x != 0) return;
+  if (gridDim.x == 1) {
+    finish(sum);
+  } else {
+    partials[blockIdx.x] = sum;
+  }
+}
+
+struct PartialSumLoad {
+  const double* partials;
+  __device__ double operator()(int64_t i) const { return partials[i]; }
+};
+
+template <typename Load, typename Finish>
+void launch_batch_sum(const Load& load, int64_t n, const Finish& finish, const at::TensorOptions& options) {
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const int64_t blocks = std::clamp<int64_t>(ceil_div(n, kSumBlockItems), 1, kMaxSumBlocks);
+  if (blocks == 1) {
+    batch_sum_kernel<<<1, kSumThreads, 0, stream>>>(load, n, n, nullptr, finish);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  const at::Tensor partials = at::empty({blocks}, options.dtype(at::kDouble));
+  double* partials_ptr = partials.mutable_data_ptr<double>();
+  batch_sum_kernel<<<static_cast<unsigned>(blocks), kSumThreads, 0, stream>>>(load, n, ceil_div(n, blocks),
+                                                                              partials_ptr, finish);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  batch_sum_kernel<<<1, kSumThreads, 0, stream>>>(PartialSumLoad{partials_ptr}, blocks, blocks, nullptr, finish);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// The weight of each class-index target that is not ignored (1 without a weight; out-of-range
+// targets weigh nothing, as on CPU: the cross-entropy kernel asserts on them).
+template <typename weight_t>
+struct TargetWeightLoad {
+  const int64_t* target;
+  const weight_t* weight;
+  int64_t num_weights;
+  int64_t ignore_index;
+  __device__ double operator()(int64_t i) const {
+    const int64_t t = target[i];
+    if (t == ignore_index) return 0.0;
+    if (weight == nullptr) return 1.0;
+    return t >= 0 && t < num_weights ? static_cast<double>(weight[t]) : 0.0;
+  }
+};
+
+// denominator = sum + offset (offset: the row count of probability targets, summed over no
+// items) and its reciprocal, both in acc_t.
+template <typename acc_t>
+struct DenominatorFinish {
+  acc_t* denominator;
+  acc_t* reciprocal;
+  double offset;
+  __device__ void operator()(double sum) const {
+    const acc_t d = static_cast<acc_t>(sum + offset);
+    *denominator = d;
+    *reciprocal = acc_t(1) / d;
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_mean_denominator_cuda(const at::Tensor& target,
+                                                                       const std::optional<at::Tensor>& weight,
+                                                                       int64_t ignore_index, at::ScalarType dtype) {
+  check_mean_denominator_args(target, weight, dtype);
+  TORCH_CHECK(target.is_cuda(), "cross_entropy_mean_denominator_cuda: expected CUDA tensors, got ", target.device());
+  const c10::cuda::CUDAGuard guard(target.device());
+  const auto options = target.options().dtype(dtype);
+  at::Tensor denominator = at::empty({1}, options);
+  at::Tensor reciprocal = at::empty({1}, options);
+  const bool probabilities = target.dim() == 2;
+  const at::Tensor target_c = probabilities ? target : target.contiguous();
+  const at::Tensor weight_c = weight.has_value() && !probabilities ? weight->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(dtype, "cross_entropy_mean_denominator_cuda", [&] {
+    using acc_t = scalar_t;
+    const double offset = probabilities && target.size(1) > 0 ? static_cast<double>(target.size(0)) : 0.0;
+    const DenominatorFinish<acc_t> finish{denominator.mutable_data_ptr<acc_t>(), reciprocal.mutable_data_ptr<acc_t>(),
+                                          offset};
+    const int64_t n = probabilities ? 0 : target_c.numel();
+    const int64_t* t = probabilities ? nullptr : target_c.const_data_ptr<int64_t>();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, weight_c.defined() ? weight_c.scalar_type() : dtype,
+                                    "cross_entropy_mean_denominator_cuda_weight", [&] {
+      const scalar_t* w = weight_c.defined() ? weight_c.const_data_ptr<scalar_t>() : nullptr;
+      const TargetWeightLoad<scalar_t> load{t, w, weight_c.defined() ? weight_c.numel() : 0, ignore_index};
+      launch_batch_sum(load, n, finish, options);
+    });
+  });
+  return {denominator, reciprocal};
+}
+
+template <typename acc_t>
+struct LossRowLoad {
+  const acc_t* rows;
+  __device__ double operator()(int64_t i) const { return static_cast<double>(rows[i]); }
+};
+
+// sum, rounded to the losses' dtype, divided by the denominator if any, in the output dtype:
+// loss_rows.sum() / denominator, then .to(dtype).
+template <typename acc_t, typename out_t>
+struct ReduceFinish {
+  const acc_t* denominator;
+  out_t* out;
+  __device__ void operator()(double sum) const {
+    acc_t value = static_cast<acc_t>(sum);
+    if (denominator != nullptr) value = value / *denominator;
+    *out = static_cast<out_t>(value);
+  }
+};
+
+at::Tensor cross_entropy_reduce_cuda(const at::Tensor& loss_rows, const std::optional<at::Tensor>& denominator,
+                                     at::ScalarType dtype) {
+  check_reduce_args(loss_rows, denominator, dtype);
+  TORCH_CHECK(loss_rows.is_cuda(), "cross_entropy_reduce_cuda: expected CUDA tensors, got ", loss_rows.device());
+  const c10::cuda::CUDAGuard guard(loss_rows.device());
+  at::Tensor out = at::empty({}, loss_rows.options().dtype(dtype));
+  const at::Tensor rows = loss_rows.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(rows.scalar_type(), "cross_entropy_reduce_cuda", [&] {
+    using acc_t = scalar_t;
+    const acc_t* d = denominator.has_value() ? denominator->const_data_ptr<acc_t>() : nullptr;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "cross_entropy_reduce_cuda_out", [&] {
+      const ReduceFinish<acc_t, scalar_t> finish{d, out.mutable_data_ptr<scalar_t>()};
+      launch_batch_sum(LossRowLoad<acc_t>{rows.const_data_ptr<acc_t>()}, rows.numel(), finish, rows.options());
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fusedmlp, CUDA, m) {
   m.impl("cross_entropy_fwd", &cross_entropy_fwd_cuda);
   m.impl("cross_entropy_fwd_inplace", &cross_entropy_fwd_inplace_cuda);
   m.impl("scale_grad_unless_one_", &scale_grad_unless_one_cuda);
+  m.impl("cross_entropy_mean_denominator", &cross_entropy_mean_denominator_cuda);
+  m.impl("cross_entropy_reduce", &cross_entropy_reduce_cuda);
 }
 
 }  // namespace fusedmlp

@@ -7,6 +7,8 @@
 - ``torch.ops.fusedmlp.cross_entropy_fwd_triton`` / ``cross_entropy_fwd_inplace_triton``: Triton.
 - ``torch.ops.fusedmlp.scale_grad_unless_one_`` (C++) / ``scale_grad_unless_one_triton``: the
   backward's in-place scaling of the saved gradient, skipped on the device when the scale is 1.
+- ``torch.ops.fusedmlp.cross_entropy_mean_denominator`` / ``cross_entropy_reduce`` (C++): the
+  "mean" denominator before the kernel and the reduction after it, for ``cross_entropy``.
 - ``cross_entropy_fwd_torch``: the plain-PyTorch reference, built from ATen ops.
 
 Every forward op works on rows (schemas and semantics in csrc/fusedmlp.cpp): it returns the
@@ -145,7 +147,38 @@ def _scale_grad_unless_one_fake(grad: Tensor, scale: Tensor) -> None:
     )
 
 
+def _cross_entropy_mean_denominator_fake(
+    target: Tensor, weight: Optional[Tensor], ignore_index: int, dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    torch._check(
+        (target.dim() == 1 and target.dtype == torch.int64) or (target.dim() == 2 and target.dtype.is_floating_point),
+        lambda: "cross_entropy_mean_denominator: expected class indices [N] (int64) or probabilities [N, C]",
+    )
+    torch._check(
+        dtype in (torch.float32, torch.float64),
+        lambda: f"cross_entropy_mean_denominator: expected dtype float32 or float64, got {dtype}",
+    )
+    return target.new_empty((1,), dtype=dtype), target.new_empty((1,), dtype=dtype)
+
+
+def _cross_entropy_reduce_fake(loss_rows: Tensor, denominator: Optional[Tensor], dtype: torch.dtype) -> Tensor:
+    torch._check(
+        loss_rows.dim() == 1 and loss_rows.dtype in (torch.float32, torch.float64),
+        lambda: "cross_entropy_reduce: expected per-row losses [N] in float32 or float64",
+    )
+    torch._check(
+        denominator is None
+        or (
+            denominator.numel() == 1 and denominator.dtype == loss_rows.dtype and denominator.device == loss_rows.device
+        ),
+        lambda: "cross_entropy_reduce: expected a one-element denominator with the losses' dtype and device",
+    )
+    return loss_rows.new_empty((), dtype=dtype)
+
+
 if HAS_EXTENSION:
+    torch.library.register_fake("fusedmlp::cross_entropy_mean_denominator")(_cross_entropy_mean_denominator_fake)
+    torch.library.register_fake("fusedmlp::cross_entropy_reduce")(_cross_entropy_reduce_fake)
     torch.library.register_fake("fusedmlp::scale_grad_unless_one_")(_scale_grad_unless_one_fake)
     torch.library.register_fake("fusedmlp::cross_entropy_fwd")(_cross_entropy_fwd_fake)
     torch.library.register_fake("fusedmlp::cross_entropy_fwd_inplace")(_cross_entropy_fwd_inplace_fake)

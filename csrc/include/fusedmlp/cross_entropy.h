@@ -68,4 +68,46 @@ inline void check_scale_grad_args(const at::Tensor& grad, const at::Tensor& scal
               scale.device(), " for ", grad.scalar_type(), " on ", grad.device());
 }
 
+// The "mean" reduction around the kernels (cross_entropy_mean_denominator, cross_entropy_reduce;
+// schemas in csrc/fusedmlp.cpp). `dtype` is the accumulation dtype (float32 / float64).
+inline void check_mean_denominator_args(const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                                        at::ScalarType dtype) {
+  TORCH_CHECK((target.dim() == 1 && target.scalar_type() == at::kLong) ||
+                  (target.dim() == 2 && at::isFloatingType(target.scalar_type())),
+              "cross_entropy_mean_denominator: expected class indices [N] (int64) or probabilities [N, C], got ",
+              target.dim(), "-D ", target.scalar_type());
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble,
+              "cross_entropy_mean_denominator: expected dtype float32 or float64, got ", dtype);
+  if (weight.has_value()) {
+    TORCH_CHECK(weight->dim() == 1 && at::isFloatingType(weight->scalar_type()),
+                "cross_entropy_mean_denominator: expected a 1-D floating point weight, got ", weight->dim(), "-D ",
+                weight->scalar_type());
+    TORCH_CHECK(weight->device() == target.device(),
+                "cross_entropy_mean_denominator: expected all tensors to be on the same device, but found ",
+                weight->device(), " and ", target.device());
+  }
+}
+
+inline void check_reduce_args(const at::Tensor& loss_rows, const std::optional<at::Tensor>& denominator,
+                              at::ScalarType dtype) {
+  TORCH_CHECK(loss_rows.dim() == 1 && (loss_rows.scalar_type() == at::kFloat || loss_rows.scalar_type() == at::kDouble),
+              "cross_entropy_reduce: expected per-row losses [N] in float32 or float64, got ", loss_rows.dim(), "-D ",
+              loss_rows.scalar_type());
+  TORCH_CHECK(at::isFloatingType(dtype), "cross_entropy_reduce: expected a floating point dtype, got ", dtype);
+  if (denominator.has_value()) {
+    TORCH_CHECK(denominator->numel() == 1 && denominator->scalar_type() == loss_rows.scalar_type() &&
+                    denominator->device() == loss_rows.device(),
+                "cross_entropy_reduce: expected a one-element denominator with the losses' dtype and device, got ",
+                denominator->sizes(), " ", denominator->scalar_type(), " on ", denominator->device());
+  }
+}
+
+// The CPU kernels of those two ops, also called directly (no dispatcher) by the C++ autograd
+// op on plain CPU tensors, where the dispatch would cost more than the loop (csrc/cpu/cross_entropy.cpp).
+std::tuple<at::Tensor, at::Tensor> cross_entropy_mean_denominator_cpu(const at::Tensor& target,
+                                                                      const std::optional<at::Tensor>& weight,
+                                                                      int64_t ignore_index, at::ScalarType dtype);
+at::Tensor cross_entropy_reduce_cpu(const at::Tensor& loss_rows, const std::optional<at::Tensor>& denominator,
+                                    at::ScalarType dtype);
+
 }  // namespace fusedmlp
