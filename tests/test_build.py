@@ -23,6 +23,8 @@ CUDA_OPS = [
     "cross_entropy_fwd",
     "cross_entropy_fwd_inplace",
     "scale_grad_unless_one_",
+    "cross_entropy_mean_denominator",
+    "cross_entropy_reduce",
     "fused_sgd_",
     "mlp_fwd",
     "mlp_bwd",
@@ -185,9 +187,10 @@ def test_fused_mlp_kernels_built_for_sm80_sm90_with_tensor_cores():
 @pytest.mark.parametrize("widths,match", UNCOVERED_MLP_SHAPES)
 def test_cuda_mlp_host_checks_reject_uncovered_shapes_without_a_gpu(widths, match):
     """The CUDA MLP kernels' host-side coverage checks, run here without a GPU: fake CUDA tensors
-    (shapes and device, no memory) sent straight to the CUDA dispatch key, so the kernels'
-    host code runs up to the check and raises. (On the first H200 run the first of these calls
-    crashed the process; this shows the host path itself raises cleanly, with the torch here.)"""
+    (shapes and device, no memory) sent to the CUDA dispatch key (directly, and through the
+    autograd fallback), so the kernels' host code runs up to the check and raises. (On the
+    first H200 run the first of these calls crashed the process; this shows the host path
+    itself raises cleanly, with the torch here.)"""
     if not (_backend.HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key("fusedmlp::mlp_fwd", "CUDA")):
         pytest.skip("fusedmlp._C was built without CUDA kernels")
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -199,12 +202,15 @@ def test_cuda_mlp_host_checks_reject_uncovered_shapes_without_a_gpu(widths, matc
         activations = [torch.empty(3, n, device="cuda") for n in widths[1:-1]]
         grad_output = torch.empty(3, widths[-1], device="cuda")
     cuda = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+    # Straight to the kernel, and through the autograd fallback first, as a real call goes.
+    keysets = [cuda, cuda | torch._C.DispatchKeySet(torch._C.DispatchKey.AutogradCUDA)]
     layers = len(weights)
     calls = {
         "mlp_fwd": (x, weights, biases),
         "mlp_bwd": (grad_output, x, weights, activations, True, [True] * layers, [True] * layers),
     }
-    for op, args in calls.items():
-        with pytest.raises(RuntimeError, match=match) as error:
-            getattr(torch.ops.fusedmlp, op).default._handle.redispatch_boxed(cuda, *args)
-        assert str(error.value).startswith(f"{op}: ") and "layer by layer" in str(error.value)
+    for keyset in keysets:
+        for op, args in calls.items():
+            with pytest.raises(RuntimeError, match=match) as error:
+                getattr(torch.ops.fusedmlp, op).default._handle.redispatch_boxed(keyset, *args)
+            assert str(error.value).startswith(f"{op}: ") and "layer by layer" in str(error.value)
