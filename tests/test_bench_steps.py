@@ -8,6 +8,7 @@ import gc
 
 import pytest
 import torch
+from support import require
 
 from fusedmlp.bench import mlp as bench_mlp
 
@@ -58,3 +59,24 @@ def test_cuda_providers_take_the_same_steps():
     names = _providers_but_compile("cuda")
     assert bench_mlp.EAGER_GRAPH in names and bench_mlp.FUSED_GRAPH in names
     bench_mlp._check_agreement(WIDTHS, BATCH, names, "cuda", steps=3)
+
+
+def test_fused_step_census():
+    """The fused step's work, op by op (fake tensors take the C++ ops' device path): one op per
+    kernel, no ATen glue around them. A change that adds launches to the step fails here."""
+    from fusedmlp.bench.step_census import step_ops
+
+    require("cpu", "cpu")
+    fused = [name for name, _ in step_ops("fusedmlp", WIDTHS, 1 << 14)]
+    assert fused == [
+        "fusedmlp.mlp_fwd.default",
+        "fusedmlp.cross_entropy_mean_denominator.default",
+        "fusedmlp.cross_entropy_fwd.default",
+        "fusedmlp.cross_entropy_reduce.default",
+        "aten.ones_like.default",  # loss.backward()'s gradient
+        "aten.mul.Tensor",  # the loss backward's scale (scale_grad_unless_one_ on real tensors)
+        "fusedmlp.mlp_bwd.default",
+        "fusedmlp.fused_sgd_.default",
+    ]
+    eager = step_ops("eager", WIDTHS, 1 << 14)
+    assert len(eager) >= 20, [name for name, _ in eager]
