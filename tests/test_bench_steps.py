@@ -80,3 +80,29 @@ def test_fused_step_census():
     ]
     eager = step_ops("eager", WIDTHS, 1 << 14)
     assert len(eager) >= 20, [name for name, _ in eager]
+
+
+@pytest.mark.gpu
+def test_cuda_graph_sgd_providers_take_the_same_steps():
+    """The SGD suite's CUDA-graph providers (torch's fused step, FusedSGD's CUDA step, each
+    captured once and replayed) update as the uncaptured for-loop optimizer does."""
+    require("cuda", "cuda")
+    from fusedmlp.bench import sgd as bench_sgd
+    from fusedmlp.bench.common import cuda_graphed
+
+    device = torch.device("cuda")
+    shapes = bench_sgd.CASES["tutorial_2213"]
+    providers = bench_sgd._providers(device)
+    expected = bench_sgd._make(shapes, device)
+    reference = providers["torch.optim.SGD:for-loop"](expected)
+    for _ in range(3):
+        reference.step()
+    for name in bench_sgd.GRAPHED:
+        params = bench_sgd._make(shapes, device)
+        optimizer = providers[name](params)
+        replay = cuda_graphed(optimizer.step, params, optimizer, device)
+        gc.collect()
+        for _ in range(3):
+            replay()
+        for a, b in zip(params, expected):
+            torch.testing.assert_close(a, b, msg=lambda m, n=name: f"{n} CUDA graph: {m}")

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import fusedmlp
-from fusedmlp.bench.common import fused_backends
+from fusedmlp.bench.common import GRAPH, cuda_graphed, fused_backends
 from fusedmlp.bench.timing import time_providers
 
 SGD_ARGS = dict(lr=0.01, momentum=0.9)
@@ -46,11 +46,10 @@ GPU_CASES_FULL = [
     ("wide 4x4096 b4096", (4096, 4096, 4096, 4096, 4096), 4096),
 ]
 
-GRAPH = "CUDA graph"
 EAGER_GRAPH = f"eager {GRAPH}"
 # FusedMLP's step captured the same way: with launch overhead gone, what the kernels themselves
-# buy against EAGER_GRAPH. (The Triton launchers build pointer tables on the host with a
-# synchronous copy, which stream capture refuses, so only the CUDA C++ backend is captured.)
+# buy against EAGER_GRAPH. (The Triton launchers copy pointer tables from pinned host memory on
+# every call; whether that survives capture is untried, so only the CUDA C++ backend is captured.)
 FUSED_GRAPH = f"fusedmlp:cuda {GRAPH}"
 
 
@@ -70,42 +69,6 @@ def providers(device: torch.device) -> list[str]:
     if "fusedmlp:cuda" in names:
         names.append(FUSED_GRAPH)
     return names
-
-
-def _cuda_graphed(
-    step: Callable[[], torch.Tensor], model: torch.nn.Module, optimizer: torch.optim.Optimizer, device: torch.device
-) -> Callable[[], torch.Tensor]:
-    """`step` (zero_grad, forward, backward, optimizer step) captured into one CUDA graph, as
-    in PyTorch's whole-network capture recipe: warm up on a side stream (so the optimizer's
-    state exists), capture, then every call is one replay. The warm-up's updates are undone
-    (parameters restored, momentum buffers zeroed, which with dampening 0 gives the same next
-    update as a fresh buffer), so the graph trains from the same start as every provider."""
-    start = [p.detach().clone() for p in model.parameters()]
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_loss = step()
-    with torch.no_grad():
-        for p, p0 in zip(model.parameters(), start):
-            p.copy_(p0)
-            optimizer.state[p]["momentum_buffer"].zero_()
-
-    def replay() -> torch.Tensor:
-        graph.replay()
-        return static_loss
-
-    # The graph reads and writes the batch, the parameters, their gradients and the momentum
-    # buffers at the addresses they had during capture, and `step` is all that owns the batch
-    # and the optimizer: without this reference they were freed once make_step returned, their
-    # memory was reused, and replays read garbage targets (the device assert in nll_loss of the
-    # first H200 run).
-    replay.captured_step = step
-    return replay
 
 
 def _sequential(widths):
@@ -160,7 +123,7 @@ def make_step(
         return loss
 
     if provider.endswith(GRAPH):
-        return _cuda_graphed(step, model, optimizer, torch.device(device)), model
+        return cuda_graphed(step, list(model.parameters()), optimizer, torch.device(device)), model
     return step, model
 
 

@@ -1,7 +1,8 @@
 """FusedSGD step vs torch.optim.SGD (for-loop, foreach, fused) on MLP-shaped parameter sets.
 
 Run ``python -m fusedmlp.bench --only sgd``. Every provider is checked against
-torch.optim.SGD(foreach=False) before timing; providers are timed in interleaved rounds.
+torch.optim.SGD(foreach=False) before timing; providers are timed in interleaved rounds. On a GPU,
+torch's fused step and fusedmlp's CUDA step are also timed replayed from a CUDA graph.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Callable
 import torch
 
 import fusedmlp
-from fusedmlp.bench.common import fused_backends
+from fusedmlp.bench.common import GRAPH, cuda_graphed, fused_backends
 from fusedmlp.bench.timing import time_providers
 
 # The tutorial's NeuralNetwork(50, 3) (50 -> 30 -> 20 -> 3), a 784-1024-1024-10 MLP and many
@@ -35,6 +36,12 @@ def _providers(device: torch.device) -> dict[str, Callable[[list[torch.Tensor]],
     return providers
 
 
+# On a GPU a step over the tutorial's six tensors is microseconds of work behind launch and
+# Python overhead: torch's fused step and fusedmlp's CUDA step are also timed captured in a
+# CUDA graph and replayed, which shows the kernels alone.
+GRAPHED = ("torch.optim.SGD:fused", "fusedmlp:cuda")
+
+
 def _make(shapes, device, seed=0):
     gen = torch.Generator().manual_seed(seed)
     params = [torch.randn(s, generator=gen).to(device).requires_grad_() for s in shapes]
@@ -54,7 +61,7 @@ def run_sgd_bench(quick: bool = True, device: str | torch.device = "cpu") -> lis
         reference = providers["torch.optim.SGD:for-loop"](expected)
         for _ in range(3):
             reference.step()
-        optimizers = {}
+        steps = {}
         for name, factory in providers.items():
             params = _make(shapes, device)
             opt = factory(params)
@@ -62,8 +69,19 @@ def run_sgd_bench(quick: bool = True, device: str | torch.device = "cpu") -> lis
                 opt.step()
             for a, b in zip(params, expected):
                 torch.testing.assert_close(a, b, msg=lambda m, n=name, c=case: f"{n} on {c}: {m}")
-            optimizers[name] = opt
-        times = time_providers({name: opt.step for name, opt in optimizers.items()}, device, rounds=7 if quick else 15)
+            steps[name] = opt.step
+        if device.type == "cuda":
+            for name in (n for n in GRAPHED if n in providers):
+                params = _make(shapes, device)
+                opt = providers[name](params)
+                replay = cuda_graphed(opt.step, params, opt, device)
+                for _ in range(3):
+                    replay()
+                graphed = f"{name} {GRAPH}"
+                for a, b in zip(params, expected):
+                    torch.testing.assert_close(a, b, msg=lambda m, n=graphed, c=case: f"{n} on {c}: {m}")
+                steps[graphed] = replay
+        times = time_providers(steps, device, rounds=7 if quick else 15)
         # Floor with momentum: read p, g, buf and write p, buf.
         step_bytes = 5 * numel * 4
         for name, t in times.items():
