@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import triton.language as tl
@@ -13,6 +14,17 @@ def device_guard(t: Tensor):
     """Context for a launch on `t`'s tensors: Triton launches on torch's current device and
     stream, so the current device is made `t`'s (a no-op for CPU tensors, the interpreter)."""
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+@functools.cache
+def _sm_count_of(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """The CUDA device's streaming multiprocessors, by which launchers size persistent and split
+    grids on every call (cached: a properties lookup per launch is not free)."""
+    return _sm_count_of(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def acc_dtype(dtype: torch.dtype):

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import acc_dtype, aot_spec, device_guard
+from ._launch import acc_dtype, aot_spec, device_guard, sm_count
 
 __all__ = [
     "cross_entropy_fwd_triton",
@@ -797,7 +797,7 @@ def _split_columns(N: int, C: int, block: int, device: torch.device) -> Optional
     about four programs per SM (or per 8 under the interpreter)."""
     if C < SPLIT_MIN_COLUMNS:
         return None
-    programs = 4 * torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+    programs = 4 * sm_count(device) if device.type == "cuda" else 8
     if N >= programs:
         return None
     splits = min(MAX_SPLITS, triton.cdiv(programs, N), triton.cdiv(C, block))

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import acc_dtype, aot_spec, device_guard
+from ._launch import acc_dtype, aot_spec, device_guard, sm_count
 
 __all__ = [
     "linear_relu_fwd_triton",
@@ -800,9 +800,7 @@ _SPLIT_ROW_QUANTUM = math.lcm(
 
 
 def _sm_count(device: torch.device) -> int:
-    if INTERPRET:
-        return _INTERPRET_SM_COUNT
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _INTERPRET_SM_COUNT if INTERPRET else sm_count(device)
 
 
 def _largest_dw_tile(dtype: torch.dtype) -> dict:

@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import acc_dtype, aot_spec, device_guard
+from ._launch import acc_dtype, aot_spec, device_guard, sm_count
 
 __all__ = [
     "mlp_fwd_triton",
@@ -498,11 +498,6 @@ def _table_entry(
 
 
 @functools.cache
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
-@functools.cache
 def _arch(device_index: int) -> int:
     major, minor = torch.cuda.get_device_capability(device_index)
     return major * 10 + minor
@@ -593,7 +588,7 @@ def mlp_bwd_triton(
     grad_output = _int32_tile_offsets(grad_output, block_m, width)
     num_tiles = triton.cdiv(M, block_m)
     if input.device.type == "cuda":
-        num_programs = min(num_tiles, PROGRAMS_PER_SM * _sm_count(input.device.index))
+        num_programs = min(num_tiles, PROGRAMS_PER_SM * sm_count(input.device))
     else:
         num_programs = min(num_tiles, INTERPRET_PROGRAMS)
     entries, ws_stride = [], 0
