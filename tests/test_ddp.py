@@ -1,5 +1,8 @@
-"""FusedMLP under DistributedDataParallel (gloo, 2 CPU processes): DDP on shards equals one
-process on the full batch, with no_sync accumulation, gradient_as_bucket_view and static_graph."""
+"""FusedMLP under DistributedDataParallel: DDP on shards equals one process on the full batch,
+with no_sync accumulation, gradient_as_bucket_view and static_graph. On CPU with gloo (2
+processes); on a GPU with gloo over CUDA tensors (2 processes sharing the GPU) and with NCCL
+(1 process: NCCL refuses two ranks on one GPU, so this checks DDP's NCCL path over the CUDA
+kernels, not the averaging)."""
 
 from __future__ import annotations
 
@@ -17,7 +20,8 @@ from fusedmlp import FusedMLP
 
 pytestmark = pytest.mark.slow
 
-WORLD_SIZE = 2
+# name: (process-group backend, device, world size)
+SETUPS = {"gloo-cpu": ("gloo", "cpu", 2), "gloo-cuda": ("gloo", "cuda", 2), "nccl-cuda": ("nccl", "cuda", 1)}
 STEPS = 3
 # The loss and optimizer in one place, so fusedmlp's fused ones can stand in for torch's.
 cross_entropy = fusedmlp.functional.cross_entropy
@@ -33,30 +37,34 @@ CONFIGS = {
 }
 
 
-def make_model(fuse_network):
+def make_model(fuse_network, device):
     torch.manual_seed(0)
-    return FusedMLP(5, 3, (6, 4), fuse_network=fuse_network)
+    return FusedMLP(5, 3, (6, 4), fuse_network=fuse_network).to(device)
 
 
-def full_batch():
+def full_batch(device):
     generator = torch.Generator().manual_seed(1)
-    return torch.randn(8, 5, generator=generator), torch.randint(0, 3, (8,), generator=generator)
+    x, y = torch.randn(8, 5, generator=generator), torch.randint(0, 3, (8,), generator=generator)
+    return x.to(device), y.to(device)
 
 
 def make_optimizer(params):
     return SGD(params, lr=0.1, momentum=0.9)
 
 
-def _worker(rank, port, result_path):
+def _worker(rank, port, result_path, setup):
+    backend, device, world_size = SETUPS[setup]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
-    x, y = full_batch()
-    shard = slice(rank * len(x) // WORLD_SIZE, (rank + 1) * len(x) // WORLD_SIZE)
+    if device == "cuda":
+        torch.cuda.set_device(0)
+    dist.init_process_group(backend, rank=rank, world_size=world_size)
+    x, y = full_batch(device)
+    shard = slice(rank * len(x) // world_size, (rank + 1) * len(x) // world_size)
     x, y = x[shard], y[shard]
     results = {}
     for name, config in CONFIGS.items():
-        model = make_model(config["fuse_network"])
+        model = make_model(config["fuse_network"], device)
         ddp = DDP(model, **config["ddp"])
         optimizer = make_optimizer(ddp.parameters())
         grads_present = []
@@ -72,44 +80,57 @@ def _worker(rank, port, result_path):
             grads_present.append(all(p.grad is not None for p in ddp.parameters()))
             optimizer.step()
         results[name] = dict(
-            params=[p.detach().clone() for p in model.parameters()], grads_present=grads_present, path=model.path()
+            params=[p.detach().cpu() for p in model.parameters()], grads_present=grads_present, path=model.path()
         )
     torch.save(results, f"{result_path}.{rank}")
     dist.destroy_process_group()
 
 
-@pytest.fixture(scope="module")
-def ddp_results(tmp_path_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    result_path = str(tmp_path_factory.mktemp("ddp") / "results")
-    mp.spawn(_worker, args=(port, result_path), nprocs=WORLD_SIZE, join=True)
-    return [torch.load(f"{result_path}.{rank}", weights_only=True) for rank in range(WORLD_SIZE)]
+_RUNS: dict[str, list[dict]] = {}
 
 
-def single_process_reference(fuse_network):
-    model = make_model(fuse_network)
+def ddp_results(setup, tmp_path_factory):
+    """Every rank's results of every config, for one setup (spawned once per module)."""
+    if setup not in _RUNS:
+        if SETUPS[setup][1] == "cuda" and not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        world_size = SETUPS[setup][2]
+        result_path = str(tmp_path_factory.mktemp(f"ddp-{setup}") / "results")
+        mp.spawn(_worker, args=(port, result_path, setup), nprocs=world_size, join=True)
+        _RUNS[setup] = [torch.load(f"{result_path}.{rank}", weights_only=True) for rank in range(world_size)]
+    return _RUNS[setup]
+
+
+def single_process_reference(fuse_network, device):
+    model = make_model(fuse_network, device)
     optimizer = make_optimizer(model.parameters())
-    x, y = full_batch()
+    x, y = full_batch(device)
     for _ in range(STEPS):
         optimizer.zero_grad()
         cross_entropy(model(x), y).backward()
         optimizer.step()
-    return list(model.parameters())
+    return [p.detach().cpu() for p in model.parameters()]
 
 
+@pytest.mark.parametrize(
+    "setup", [pytest.param(name, marks=[pytest.mark.gpu] if s[1] == "cuda" else []) for name, s in SETUPS.items()]
+)
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_ddp_on_shards_equals_full_batch(ddp_results, name):
+def test_ddp_on_shards_equals_full_batch(setup, name, tmp_path_factory):
+    device = SETUPS[setup][1]
+    results = ddp_results(setup, tmp_path_factory)
     config = CONFIGS[name]
-    reference = single_process_reference(config["fuse_network"])
-    expected_path = "layers:cpu" if config["fuse_network"] is False else "network:cpu"
-    for rank_results in ddp_results:
+    reference = single_process_reference(config["fuse_network"], device)
+    expected_path = f"layers:{device}" if config["fuse_network"] is False else f"network:{device}"
+    for rank_results in results:
         result = rank_results[name]
         assert result["path"] == expected_path
         assert all(result["grads_present"])
         for got, expected in zip(result["params"], reference):
-            torch.testing.assert_close(got, expected.detach())
+            torch.testing.assert_close(got, expected)
     # The replicas are identical, bit for bit.
-    for a, b in zip(ddp_results[0][name]["params"], ddp_results[1][name]["params"]):
+    for a, b in zip(results[0][name]["params"], results[-1][name]["params"]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
