@@ -158,6 +158,10 @@ def _cross_entropy_mean_denominator_fake(
         dtype in (torch.float32, torch.float64),
         lambda: f"cross_entropy_mean_denominator: expected dtype float32 or float64, got {dtype}",
     )
+    torch._check(
+        weight is None or (weight.dim() == 1 and weight.dtype.is_floating_point and weight.device == target.device),
+        lambda: "cross_entropy_mean_denominator: expected a 1-D floating point weight on the targets' device",
+    )
     return target.new_empty((1,), dtype=dtype), target.new_empty((1,), dtype=dtype)
 
 
