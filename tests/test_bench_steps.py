@@ -61,14 +61,10 @@ def test_cuda_providers_take_the_same_steps():
     bench_mlp._check_agreement(WIDTHS, BATCH, names, "cuda", steps=3)
 
 
-def test_fused_step_census():
-    """The fused step's work, op by op (fake tensors take the C++ ops' device path): one op per
-    kernel, no ATen glue around them. A change that adds launches to the step fails here."""
-    from fusedmlp.bench.step_census import step_ops
-
-    require("cpu", "cpu")
-    fused = [name for name, _ in step_ops("fusedmlp", WIDTHS, 1 << 14)]
-    assert fused == [
+# The fused step's work, op by op, per backend (fake tensors take the device path).
+STEP_CENSUS = {
+    # One op per kernel, no ATen glue around them.
+    "cpu": [
         "fusedmlp.mlp_fwd.default",
         "fusedmlp.cross_entropy_mean_denominator.default",
         "fusedmlp.cross_entropy_fwd.default",
@@ -77,7 +73,32 @@ def test_fused_step_census():
         "aten.mul.Tensor",  # the loss backward's scale (scale_grad_unless_one_ on real tensors)
         "fusedmlp.mlp_bwd.default",
         "fusedmlp.fused_sgd_.default",
-    ]
+    ],
+    # The Triton kernels, with the cross-entropy's "mean" denominator and reduction in ATen.
+    "triton": [
+        "fusedmlp.mlp_fwd_triton.default",
+        "aten.ne.Scalar",
+        "aten.sum.default",
+        "aten._to_copy.default",
+        "aten.reciprocal.default",
+        "fusedmlp.cross_entropy_fwd_triton.default",
+        "aten.sum.default",
+        "aten.div.Tensor",
+        "aten.ones_like.default",
+        "fusedmlp.scale_grad_unless_one_triton.default",
+        "fusedmlp.mlp_bwd_triton.default",
+        "fusedmlp.fused_sgd_triton_.default",
+    ],
+}
+
+
+@pytest.mark.parametrize("backend", list(STEP_CENSUS))
+def test_fused_step_census(backend):
+    """A change that adds launches to the fused training step fails here."""
+    from fusedmlp.bench.step_census import step_ops
+
+    require(backend, "cpu")
+    assert [name for name, _ in step_ops("fusedmlp", WIDTHS, 1 << 14, backend)] == STEP_CENSUS[backend]
     eager = step_ops("eager", WIDTHS, 1 << 14)
     assert len(eager) >= 20, [name for name, _ in eager]
 

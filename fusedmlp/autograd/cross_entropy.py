@@ -65,7 +65,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         denominator = (
             mean_denominator(target, weight, ignore_index, logits.shape[1], acc) if reduction == "mean" else None
         )
-        grad_scale = None if denominator is None else (1 / denominator).reshape(1)
+        grad_scale = None if denominator is None else torch.reciprocal(denominator).reshape(1)
         with below_autograd():
             if inplace_backward:
                 loss_rows = ops.cross_entropy_fwd_inplace(
@@ -133,9 +133,11 @@ def _graph_freed_after_backward() -> bool:
 
 def _is_one_on_cpu(grad_output: Tensor) -> bool:
     """Whether a CPU grad_output is the scalar 1 (reading a CPU value is no device sync;
-    under torch.compile the multiply is kept, as the value is not known when tracing)."""
+    under torch.compile, or for a fake or other tensor subclass whose value cannot be read,
+    the multiply is kept)."""
     return (
-        grad_output.device.type == "cpu"
+        type(grad_output) is Tensor
+        and grad_output.device.type == "cpu"
         and grad_output.numel() == 1
         and grad_output.dim() == 0
         and not torch.compiler.is_compiling()

@@ -53,9 +53,10 @@ class _OpLog(TorchDispatchMode):
         return out
 
 
-def step_ops(provider: str, widths: tuple[int, ...], batch: int) -> list[tuple[str, int]]:
+def step_ops(provider: str, widths: tuple[int, ...], batch: int, backend: str = "cpu") -> list[tuple[str, int]]:
     """(op, bytes) for one steady-state training step of `provider` ("eager": nn.Sequential,
-    F.cross_entropy, torch.optim.SGD with foreach as on a GPU; "fusedmlp": the C++ ops), fp32."""
+    F.cross_entropy, torch.optim.SGD with foreach as on a GPU; "fusedmlp": fusedmlp's `backend`,
+    by default the C++ ops, whose device path fake tensors take), fp32."""
     with FakeTensorMode(allow_non_fake_inputs=True):
         x = torch.randn(batch, widths[0])
         y = torch.randint(0, widths[-1], (batch,))
@@ -64,11 +65,11 @@ def step_ops(provider: str, widths: tuple[int, ...], batch: int) -> list[tuple[s
             optimizer: torch.optim.Optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, foreach=True)
             loss_fn = F.cross_entropy
         elif provider == "fusedmlp":
-            model = fusedmlp.FusedMLP(widths[0], widths[-1], widths[1:-1], backend="cpu")
-            optimizer = fusedmlp.FusedSGD(model.parameters(), backend="cpu", lr=0.01, momentum=0.9)
+            model = fusedmlp.FusedMLP(widths[0], widths[-1], widths[1:-1], backend=backend)
+            optimizer = fusedmlp.FusedSGD(model.parameters(), backend=backend, lr=0.01, momentum=0.9)
 
             def loss_fn(logits, target):
-                return fusedmlp.functional.cross_entropy(logits, target, backend="cpu")
+                return fusedmlp.functional.cross_entropy(logits, target, backend=backend)
         else:
             raise ValueError(f"provider must be 'eager' or 'fusedmlp', got {provider!r}")
 
