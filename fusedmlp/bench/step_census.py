@@ -8,10 +8,11 @@ per step, the kernel launches (on a GPU each op here is one launch or, for cuBLA
 MLP backward, about one) and the bytes the ops touch if nothing stays in cache, which is the
 memory floor of a large batch.
 
-The fused step is FusedMLP + fusedmlp.functional.cross_entropy + FusedSGD on the C++ ops. Fake
-tensors take the same path through them as CUDA tensors do, with one difference: the loss
-backward's scale shows as `aten.mul` (on a GPU, `scale_grad_unless_one_`, which exits at once
-for `loss.backward()`'s 1, so its bytes are not moved there).
+The fused step is FusedMLP + fusedmlp.functional.cross_entropy + FusedSGD, by default on the C++
+ops (backend "cpu"; "triton" under TRITON_INTERPRET=1). Fake tensors take the same path through
+them as CUDA tensors do, with one difference: the loss backward's scale shows as `aten.mul` (on a
+GPU, `scale_grad_unless_one_`, which exits at once for `loss.backward()`'s 1, so its bytes are
+not moved there). tests/test_bench_steps.py pins the fused step's op list per backend.
 """
 
 from __future__ import annotations
