@@ -25,22 +25,6 @@ from fusedmlp.ops import cross_entropy as ops
 REDUCTIONS = ("none", "mean", "sum")
 
 
-def mean_denominator(target: Tensor, weight: Optional[Tensor], ignore_index: int, num_classes: int, acc) -> Tensor:
-    """torch's "mean" denominator, on the device (no host sync): the summed weight of the
-    targets that are not ignored for class indices; the number of rows for probabilities
-    (0 when the input is empty, so that the mean is NaN as in torch)."""
-    if target.dim() == 2:
-        rows = target.shape[0] if target.shape[1] > 0 else 0
-        return torch.full((), rows, dtype=acc, device=target.device)
-    valid = target != ignore_index
-    if weight is None:
-        return valid.sum().to(acc)
-    # clamp only keeps the gather in bounds; out-of-range targets are rejected (CPU) or
-    # validated on request (GPU) before this point
-    w_t = weight.to(acc).gather(0, target.clamp(0, max(num_classes - 1, 0)))
-    return torch.where(valid, w_t, 0).sum()
-
-
 class CrossEntropyFunction(torch.autograd.Function):
     """``apply(logits2d, target_rows, weight, ignore_index, label_smoothing, reduction,
     backend, compute_grad, inplace_backward)``: logits [N, C]; target [N] class indices or
@@ -62,10 +46,11 @@ class CrossEntropyFunction(torch.autograd.Function):
         inplace_backward: bool,
     ) -> Tensor:
         acc = ops.acc_dtype(logits.dtype)
-        denominator = (
-            mean_denominator(target, weight, ignore_index, logits.shape[1], acc) if reduction == "mean" else None
+        denominator, grad_scale = (
+            ops.mean_denominator(target, weight, ignore_index, logits.shape[1], acc, backend)
+            if reduction == "mean"
+            else (None, None)
         )
-        grad_scale = None if denominator is None else torch.reciprocal(denominator).reshape(1)
         with below_autograd():
             if inplace_backward:
                 loss_rows = ops.cross_entropy_fwd_inplace(
@@ -76,22 +61,14 @@ class CrossEntropyFunction(torch.autograd.Function):
                 loss_rows, grad = ops.cross_entropy_fwd(
                     logits, target, weight, ignore_index, label_smoothing, grad_scale, compute_grad, backend
                 )
-        if reduction == "none":
-            loss = loss_rows
-        elif reduction == "sum":
-            loss = loss_rows.sum()
-        else:
-            loss = loss_rows.sum() / denominator
+        loss = ops.reduce_loss(loss_rows, reduction, denominator, logits.dtype, backend)
         ctx.reduction = reduction
         ctx.backend = backend
         ctx.inplace_backward = inplace_backward
         ctx.backward_done = False
         if compute_grad or inplace_backward:
             ctx.save_for_backward(grad)
-        # Not `loss.to(logits.dtype)` when the dtypes already match: that returns `loss` itself,
-        # and torch 2.11's torch.compile then hands the output's gradient to the alias, so the
-        # compiled graph's logits gradient came back all zeros (fixed in later torch).
-        return loss if loss.dtype == logits.dtype else loss.to(logits.dtype)
+        return loss
 
     @staticmethod
     @once_differentiable

@@ -311,6 +311,50 @@ def cross_entropy_fwd(
     return cross_entropy_fwd_torch(*args)
 
 
+def mean_denominator(
+    target: Tensor, weight: Optional[Tensor], ignore_index: int, num_classes: int, acc: torch.dtype, backend: str
+) -> tuple[Tensor, Tensor]:
+    """torch's "mean" denominator and its reciprocal (the kernels' one-element grad_scale), on
+    the device (no host sync): the summed weight of the class-index targets that are not
+    ignored; the number of rows for probabilities (0 when they have no classes, so that the mean
+    is NaN as in torch). The cpu and cuda backends compute both in one fused op, the others in
+    ATen."""
+    if backend in ("cpu", "cuda"):
+        return torch.ops.fusedmlp.cross_entropy_mean_denominator(target, weight, ignore_index, acc)
+    if target.dim() == 2:
+        rows = target.shape[0] if target.shape[1] > 0 else 0
+        denominator = torch.full((), rows, dtype=acc, device=target.device)
+    else:
+        valid = target != ignore_index
+        if weight is None:
+            denominator = valid.sum().to(acc)
+        else:
+            # clamp only keeps the gather in bounds; out-of-range targets are rejected (CPU) or
+            # validated on request (GPU) before this point
+            w_t = weight.to(acc).gather(0, target.clamp(0, max(num_classes - 1, 0)))
+            denominator = torch.where(valid, w_t, 0).sum()
+    return denominator, torch.reciprocal(denominator).reshape(1)
+
+
+def reduce_loss(
+    loss_rows: Tensor, reduction: str, denominator: Optional[Tensor], dtype: torch.dtype, backend: str
+) -> Tensor:
+    """torch's reduction of the per-row losses (`denominator` from mean_denominator for "mean"),
+    in `dtype`: one fused op on the cpu and cuda backends, ATen on the others."""
+    if reduction != "none" and backend in ("cpu", "cuda"):
+        return torch.ops.fusedmlp.cross_entropy_reduce(loss_rows, denominator if reduction == "mean" else None, dtype)
+    if reduction == "none":
+        loss = loss_rows
+    elif reduction == "sum":
+        loss = loss_rows.sum()
+    else:
+        loss = loss_rows.sum() / denominator
+    # Not `loss.to(dtype)` when the dtypes already match: that returns `loss` itself, and torch
+    # 2.11's torch.compile then hands a Function output's gradient to the alias, so the compiled
+    # graph's logits gradient came back all zeros (fixed in later torch).
+    return loss if loss.dtype == dtype else loss.to(dtype)
+
+
 def scale_grad_unless_one_(grad: Tensor, scale: Tensor, backend: str) -> None:
     """grad *= scale in place unless the one-element `scale` is 1, which the cpu, cuda and
     triton kernels read where it lives (no host sync); the torch reference always multiplies."""
