@@ -109,7 +109,6 @@ def test_cuda_graph_sgd_providers_take_the_same_steps():
     captured once and replayed) update as the uncaptured for-loop optimizer does."""
     require("cuda", "cuda")
     from fusedmlp.bench import sgd as bench_sgd
-    from fusedmlp.bench.common import cuda_graphed
 
     device = torch.device("cuda")
     shapes = bench_sgd.CASES["tutorial_2213"]
@@ -119,11 +118,4 @@ def test_cuda_graph_sgd_providers_take_the_same_steps():
     for _ in range(3):
         reference.step()
     for name in bench_sgd.GRAPHED:
-        params = bench_sgd._make(shapes, device)
-        optimizer = providers[name](params)
-        replay = cuda_graphed(optimizer.step, params, optimizer, device)
-        gc.collect()
-        for _ in range(3):
-            replay()
-        for a, b in zip(params, expected):
-            torch.testing.assert_close(a, b, msg=lambda m, n=name: f"{n} CUDA graph: {m}")
+        bench_sgd.graphed_step(providers[name], shapes, device, expected, f"{name} CUDA graph")

@@ -7,6 +7,7 @@ torch's fused step and fusedmlp's CUDA step are also timed replayed from a CUDA 
 
 from __future__ import annotations
 
+import gc
 from typing import Callable
 
 import torch
@@ -50,6 +51,32 @@ def _make(shapes, device, seed=0):
     return params
 
 
+def _assert_reached(params: list[torch.Tensor], expected: list[torch.Tensor], label: str) -> None:
+    for a, b in zip(params, expected):
+        torch.testing.assert_close(a, b, msg=lambda m: f"{label}: {m}")
+
+
+def graphed_step(
+    factory: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
+    shapes,
+    device: torch.device,
+    expected: list[torch.Tensor],
+    label: str,
+) -> Callable[[], object]:
+    """The step of `factory`'s optimizer on fresh parameters, captured in a CUDA graph
+    (cuda_graphed), checked before it is timed: three replays must reach `expected`, the
+    parameters after three steps of the for-loop optimizer. Garbage is collected between capture
+    and replays, so a replay that depended on freed memory would show here."""
+    params = _make(shapes, device)
+    opt = factory(params)
+    replay = cuda_graphed(opt.step, params, opt, device)
+    gc.collect()
+    for _ in range(3):
+        replay()
+    _assert_reached(params, expected, label)
+    return replay
+
+
 def run_sgd_bench(quick: bool = True, device: str | torch.device = "cpu") -> list[dict]:
     device = torch.device(device)
     providers = _providers(device)
@@ -67,20 +94,12 @@ def run_sgd_bench(quick: bool = True, device: str | torch.device = "cpu") -> lis
             opt = factory(params)
             for _ in range(3):
                 opt.step()
-            for a, b in zip(params, expected):
-                torch.testing.assert_close(a, b, msg=lambda m, n=name, c=case: f"{n} on {c}: {m}")
+            _assert_reached(params, expected, f"{name} on {case}")
             steps[name] = opt.step
         if device.type == "cuda":
             for name in (n for n in GRAPHED if n in providers):
-                params = _make(shapes, device)
-                opt = providers[name](params)
-                replay = cuda_graphed(opt.step, params, opt, device)
-                for _ in range(3):
-                    replay()
                 graphed = f"{name} {GRAPH}"
-                for a, b in zip(params, expected):
-                    torch.testing.assert_close(a, b, msg=lambda m, n=graphed, c=case: f"{n} on {c}: {m}")
-                steps[graphed] = replay
+                steps[graphed] = graphed_step(providers[name], shapes, device, expected, f"{graphed} on {case}")
         times = time_providers(steps, device, rounds=7 if quick else 15)
         # Floor with momentum: read p, g, buf and write p, buf.
         step_bytes = 5 * numel * 4
