@@ -33,6 +33,10 @@ fi
 fi
 
 if want tests; then
+step "C++ errors probe (one TORCH_CHECK per part of the extension, each in its own process)"
+timeout 300 $PY bench/gpu_error_probe.py > "$OUT/error_probe.txt" 2>&1
+echo "error probe exit $?" | tee -a "$OUT/summary.txt"; grep -c CRASH "$OUT/error_probe.txt" | sed 's/^/crashed cases: /' | tee -a "$OUT/summary.txt"
+
 step "GPU tests"
 # A crash (a signal, e.g. a segfault) ends pytest with no report: faulthandler's traceback
 # names the test that was running; it is recorded (with a gdb backtrace when gdb is there) and

@@ -214,3 +214,22 @@ def test_cuda_mlp_host_checks_reject_uncovered_shapes_without_a_gpu(widths, matc
             with pytest.raises(RuntimeError, match=match) as error:
                 getattr(torch.ops.fusedmlp, op).default._handle.redispatch_boxed(keyset, *args)
             assert str(error.value).startswith(f"{op}: ") and "layer by layer" in str(error.value)
+
+
+def test_gpu_error_probe_runs_here():
+    """The GPU kit's C++ errors probe (bench/gpu_error_probe.py) works before a GPU run needs
+    it: its CPU cases raise RuntimeError cleanly, from torch and from the extension's C++
+    files, and its GPU cases are skipped here."""
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "bench", "gpu_error_probe.py")], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    cases = result.stdout.split("-- toolchain")[0]
+    lines = dict(line.split(": ", 1) for line in cases.splitlines() if line.startswith(("torch ", "fusedmlp ")))
+    assert lines["torch on CPU (ATen)"].startswith("raised RuntimeError")
+    assert lines["fusedmlp csrc/cpu (mlp_fwd, shape check)"].startswith("raised RuntimeError: mlp: layer 0")
+    assert lines["fusedmlp csrc/autograd (mlp, shape check)"].startswith("raised RuntimeError: mlp: layer 0")
+    if not torch.cuda.is_available():
+        assert lines["fusedmlp csrc/cuda/mlp.cu (coverage check, the first run's crash)"] == "skipped (no GPU)"
+    assert "CRASH" not in result.stdout
+    assert "-- toolchain" in result.stdout
