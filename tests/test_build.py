@@ -61,6 +61,20 @@ def test_cpu_kernels_registered(op):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedmlp::{op}", "CPU")
 
 
+@pytest.mark.parametrize("op", CPU_OPS)
+def test_ops_that_write_their_arguments_bump_versions(op):
+    """Every C++ op whose schema writes an argument (`Tensor(a!)`) has the ADInplaceOrView kernel
+    that bumps its version counter (csrc/autograd/inplace_or_view.cpp), as ATen's in-place ops
+    do: without it autograd misses the write (tests/test_sgd.py and test_cross_entropy.py check
+    the behaviour)."""
+    assert _backend.HAS_EXTENSION, _backend._EXTENSION_ERROR
+    schema = torch._C._get_schema(f"fusedmlp::{op}", "")
+    writes = any(arg.alias_info is not None and arg.alias_info.is_write for arg in schema.arguments)
+    assert writes == schema.is_mutable
+    has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedmlp::{op}", "ADInplaceOrView")
+    assert has_kernel == writes, f"{op}: writes its arguments: {writes}, ADInplaceOrView kernel: {has_kernel}"
+
+
 @pytest.mark.parametrize("op", CUDA_OPS)
 def test_cuda_kernels_registered(op):
     if not _cuda_build_expected():

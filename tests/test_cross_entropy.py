@@ -721,6 +721,21 @@ def test_inplace_backward(backend, device, reduction):
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_inplace_backward_is_seen_by_autograd(backend, device):
+    """Writing the gradient over the logits bumps their version counter, so a graph that saved
+    the logits (here exp, whose backward reads its output) refuses to backpropagate through the
+    overwritten values, with torch's own error, instead of a silently wrong gradient."""
+    require(backend, device)
+    z = torch.randn(4, 5, device=device, requires_grad=True)
+    logits = z.exp()
+    before = logits._version
+    loss = cross_entropy(logits, torch.tensor([0, 1, 2, 3], device=device), backend=backend, inplace_backward=True)
+    assert logits._version > before
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
 def test_inplace_backward_refuses_second_backward(backend, device):
     require(backend, device)
     x = torch.randn(4, 6, device=device, requires_grad=True)

@@ -151,6 +151,34 @@ def test_canary_views_are_untouched(backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_step_is_seen_by_autograd_as_in_place(backend, device, momentum):
+    """A step bumps the version counter of every param (once, as torch.optim.SGD does) and
+    momentum buffer, so a graph that saved a param before the step refuses to backpropagate
+    through the stepped values, with torch's own error. The reference runs the same checks."""
+    require(backend, device)
+    for optimizer in (
+        lambda p: reference(p, lr=0.1, momentum=momentum),
+        lambda p: fused(p, backend, lr=0.1, momentum=momentum),
+    ):
+        weight = torch.randn(4, 3, device=device, requires_grad=True)
+        x = torch.randn(2, 4, device=device, requires_grad=True)
+        weight.grad = torch.ones_like(weight)
+        opt = optimizer([weight])
+        loss = (x @ weight).sum()  # saves weight for x's gradient
+        before = weight._version
+        opt.step()
+        assert weight._version == before + 1
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+        if momentum:
+            buffer = opt.state[weight]["momentum_buffer"]
+            before = buffer._version
+            opt.step()
+            assert buffer._version > before
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
 def test_param_without_grad_two_groups(backend, device):
     require(backend, device)
     groups_options = [dict(momentum=0.9, dampening=0.1), dict(lr=0.3, weight_decay=0.2, maximize=True)]

@@ -114,6 +114,11 @@ if HAS_TRITON:
 
         _fused_sgd_fake(params, grads, momentum_buffers, **kwargs)  # argument checks only
         kernels.fused_sgd_triton_(params, grads, momentum_buffers, **kwargs)
+        # Autograd sees in-place writes through version counters (a graph that saved a param
+        # then raises at backward, as after torch.optim.SGD); an op defined from a schema gets
+        # no ADInplaceOrView kernel to bump them (the C++ ops': csrc/autograd/inplace_or_view.cpp).
+        torch.autograd.graph.increment_version(params)
+        torch.autograd.graph.increment_version(momentum_buffers)
 
     torch.library.register_fake("fusedmlp::fused_sgd_triton_")(_fused_sgd_fake)
 
