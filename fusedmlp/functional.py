@@ -9,6 +9,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from fusedmlp import _autocast
 from fusedmlp._backend import CPP_AUTOGRAD_BACKENDS, resolve_backend
 from fusedmlp.autograd.cross_entropy import REDUCTIONS, CrossEntropyFunction
 from fusedmlp.autograd.linear_relu import LinearReLUFunction
@@ -22,6 +23,12 @@ VALIDATE_TARGETS = os.environ.get("FUSEDMLP_VALIDATE_TARGETS", "0") == "1"
 
 
 def _linear(input: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool, backend: str) -> Tensor:
+    dtype = _autocast.lower_precision_dtype(input)
+    if dtype is not None:  # as torch.autocast runs F.linear (fusedmlp/_autocast.py)
+        device_type = input.device.type
+        with _autocast.disabled(device_type):
+            cast = (_autocast.cast(t, dtype, device_type) for t in (input, weight, bias))
+            return _linear(*cast, relu, backend)
     backend = resolve_backend(backend, input.device)
     if input.dim() == 0:
         raise RuntimeError("linear: expected an input with at least 1 dimension, got a 0-D tensor")
@@ -137,10 +144,28 @@ def cross_entropy(
       tensor (for very large vocabularies, where one more logits-sized tensor matters).
       ``input`` is overwritten by the forward (so it must not be needed afterwards, must be
       a contiguous [N, C] or (C,) tensor) and the graph can be backpropagated only once.
+      Under ``torch.autocast`` a float16/bfloat16 ``input`` is first cast to float32, as
+      torch casts it for this loss, and the gradient is written into that copy.
     - ``validate``: check class-index targets against [0, C) on GPU too, raising IndexError
       like torch on CPU (reads the targets on the host: a sync). CPU always validates.
       ``FUSEDMLP_VALIDATE_TARGETS=1`` in the environment turns it on for every call.
     """
+    dtype = _autocast.float32_if_autocast(input)
+    if dtype is not None:  # as torch.autocast runs F.cross_entropy (fusedmlp/_autocast.py)
+        device_type = input.device.type
+        with _autocast.disabled(device_type):
+            input, target, weight = (_autocast.cast(t, dtype, device_type) for t in (input, target, weight))
+            return cross_entropy(
+                input,
+                target,
+                weight,
+                ignore_index,
+                reduction,
+                label_smoothing,
+                backend=backend,
+                inplace_backward=inplace_backward,
+                validate=validate,
+            )
     if reduction not in REDUCTIONS:
         raise ValueError(f"{reduction} is not a valid value for reduction")
     if label_smoothing > 1.0:

@@ -19,6 +19,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from fusedmlp import _autocast
 from fusedmlp import functional as F
 from fusedmlp._backend import check_backend_name, resolve_backend
 from fusedmlp.autograd.mlp import mlp
@@ -134,7 +135,19 @@ class FusedMLP(nn.Module):
 
     def forward(self, input: Tensor) -> Tensor:
         linears = self._linears()
-        first = linears[0].weight
+        weights = [linear.weight for linear in linears]
+        biases = [linear.bias for linear in linears]
+        dtype = _autocast.lower_precision_dtype(input)
+        if dtype is not None:  # as torch.autocast runs the Sequential's Linears (fusedmlp/_autocast.py)
+            device_type = input.device.type
+            with _autocast.disabled(device_type):
+                weights = [_autocast.cast(w, dtype, device_type) for w in weights]
+                biases = [_autocast.cast(b, dtype, device_type) for b in biases]
+                return self._forward(_autocast.cast(input, dtype, device_type), weights, biases)
+        return self._forward(input, weights, biases)
+
+    def _forward(self, input: Tensor, weights: list[Tensor], biases: list[Optional[Tensor]]) -> Tensor:
+        first = weights[0]
         if input.dim() == 0 or input.shape[-1] != self.num_inputs:
             raise RuntimeError(
                 f"FusedMLP: expected input with last dimension {self.num_inputs} (num_inputs), "
@@ -152,12 +165,11 @@ class FusedMLP(nn.Module):
         batched = input.dim() == 2
         hidden = input if batched else input.reshape(-1, self.num_inputs)
         if fused:
-            out = mlp(hidden, [linear.weight for linear in linears], [linear.bias for linear in linears], backend)
+            out = mlp(hidden, weights, biases, backend)
         else:
-            for linear in linears[:-1]:
-                hidden = F.linear_relu(hidden, linear.weight, linear.bias, backend=backend)
-            last = linears[-1]
-            out = F.linear(hidden, last.weight, last.bias, backend=backend)
+            for weight, bias in zip(weights[:-1], biases[:-1]):
+                hidden = F.linear_relu(hidden, weight, bias, backend=backend)
+            out = F.linear(hidden, weights[-1], biases[-1], backend=backend)
         return out if batched else out.reshape(*input.shape[:-1], self.num_outputs)
 
     def extra_repr(self) -> str:
