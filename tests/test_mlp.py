@@ -112,6 +112,54 @@ def test_matches_sequential(backend, device, fuse_network, dtype, widths):
     assert_grads_match(model, ref)
 
 
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+@pytest.mark.parametrize("hook", ["forward", "forward_pre", "full_backward", "global_forward"])
+def test_hooks_on_the_sequential_run_as_in_the_tutorial_network(backend, device, hook):
+    """A hook on a slot of model.layers (or a global module hook) runs with the arguments it
+    gets in the tutorial's nn.Sequential: forward calls the slots while one is registered (path
+    "modules:..."), and goes back to its own path once the hook is removed."""
+    require(backend, device)
+    torch.manual_seed(0)
+    model, ref = fused_and_reference((6, 30, 20, 3), backend, device, torch.float32)
+    seen = {id(model): [], id(ref): []}
+
+    def record(owner):
+        def hook(module, *args):
+            seen[owner].append([a.detach().clone() for a in args if isinstance(a, torch.Tensor)] or args)
+
+        return hook
+
+    def register(network, owner):
+        slot = network[2]  # the second Linear
+        if hook == "forward":
+            return slot.register_forward_hook(lambda m, i, o: record(owner)(m, *i, o))
+        if hook == "forward_pre":
+            return network[1].register_forward_pre_hook(lambda m, i: record(owner)(m, *i))
+        if hook == "full_backward":
+            return slot.register_full_backward_hook(lambda m, gi, go: record(owner)(m, *gi, *go))
+        return torch.nn.modules.module.register_module_forward_hook(
+            lambda m, i, o: record(owner)(m, o) if m is network[2] else None
+        )
+
+    before = model.path()
+    handles = [register(model.layers, id(model)), register(ref, id(ref))]
+    try:
+        assert model.path() == f"modules:{before.split(':')[1]}"
+        x = torch.randn(5, 6, device=device)
+        out, ref_out, gx, ref_gx = forward_backward_both(model, ref, x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(seen[id(model)]) == len(seen[id(ref)]) == 1
+    for ours, theirs in zip(seen[id(model)], seen[id(ref)], strict=True):
+        for a, b in zip(ours, theirs, strict=True):
+            torch.testing.assert_close(a, b)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(gx, ref_gx)
+    assert_grads_match(model, ref)
+    assert model.path() == before
+
+
 @pytest.mark.parametrize("backend,device", NETWORK_BACKEND_DEVICE)
 class TestNetworkPath:
     def test_path_is_network(self, backend, device):
@@ -604,3 +652,19 @@ def test_cpu_op_on_both_sides_of_the_small_gemm_limit(dtype, batch):
         torch.set_num_threads(threads)
     for one, two in zip(*results):
         assert torch.equal(one, two)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_torch_func_transforms_raise(backend, device):
+    """torch.func.grad over FusedMLP is not supported: it raises (the C++ autograd node, or the
+    Python Function without a setup_context), never returns a gradient computed some other way."""
+    require(backend, device)
+    model = FusedMLP(4, 3, backend=backend, device=device)
+    x = torch.randn(5, 4, device=device)
+    params = dict(model.named_parameters())
+
+    def loss(params):
+        return torch.func.functional_call(model, params, (x,)).sum()
+
+    with pytest.raises(RuntimeError, match="functorch|torch.func|setup_context"):
+        torch.func.grad(loss)(params)
