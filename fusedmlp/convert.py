@@ -40,18 +40,39 @@ def _fused_from(linear: nn.Linear, cls: type[FusedLinear], backend: str) -> Fuse
     return fused
 
 
+# The hook tables of an nn.Module. A replacement module would start with empty ones.
+_HOOK_TABLES = (
+    "_forward_pre_hooks",
+    "_forward_hooks",
+    "_backward_pre_hooks",
+    "_backward_hooks",
+    "_state_dict_pre_hooks",
+    "_state_dict_hooks",
+    "_load_state_dict_pre_hooks",
+    "_load_state_dict_post_hooks",
+)
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return any(getattr(module, table, None) for table in _HOOK_TABLES)
+
+
 def _is_plain_linear(module: nn.Module) -> bool:
     # Exactly nn.Linear: subclasses (already fused layers, quantization or attention
-    # projections) may rely on behaviour of their own and are left alone.
-    return type(module) is nn.Linear
+    # projections) may rely on behaviour of their own and are left alone, and so is a Linear
+    # with hooks (a user's, or weight_norm's pre-hook), which a replacement would drop.
+    return type(module) is nn.Linear and not _has_hooks(module)
 
 
 def convert(module: nn.Module, *, backend: str = "auto") -> nn.Module:
     """Replaces, recursively and in place, every ``nn.Linear`` directly followed by an ``nn.ReLU``
     in an ``nn.Sequential`` with a ``FusedLinearReLU`` (the ReLU slot becomes a parameterless
     ``FusedReLUSlot``), and every other ``nn.Linear`` with a ``FusedLinear``. The fused layers
-    share the original Parameters. Other modules are left alone. Returns ``module`` (or, when
-    ``module`` itself is an ``nn.Linear``, its ``FusedLinear`` replacement)."""
+    share the original Parameters. Other modules are left alone, and so are modules with hooks
+    (a Linear with a forward hook, or weight_norm's pre-hook, stays an ``nn.Linear``; a ReLU
+    with hooks stays, its Linear becoming a ``FusedLinear``), so every hook keeps running on
+    what it saw before. Returns ``module`` (or, when ``module`` itself is an ``nn.Linear``, its
+    ``FusedLinear`` replacement)."""
     check_backend_name(backend)
     if _is_plain_linear(module):
         return _fused_from(module, FusedLinear, backend)
@@ -67,7 +88,7 @@ def _convert_children(module: nn.Module, backend: str) -> None:
             continue
         if _is_plain_linear(child):
             following = module._modules[names[index + 1]] if index + 1 < len(names) else None
-            if isinstance(module, nn.Sequential) and type(following) is nn.ReLU:
+            if isinstance(module, nn.Sequential) and type(following) is nn.ReLU and not _has_hooks(following):
                 module._modules[name] = _fused_from(child, FusedLinearReLU, backend)
                 module._modules[names[index + 1]] = FusedReLUSlot().train(following.training)
             else:

@@ -137,3 +137,27 @@ def test_conversion_consumes_no_random_numbers_and_keeps_train_mode():
 def test_unknown_backend():
     with pytest.raises(ValueError, match="unknown backend"):
         fusedmlp.convert(NeuralNetwork(4, 2), backend="cudnn")
+
+
+def test_modules_with_hooks_are_left_alone():
+    """A replacement would drop a module's hooks: a hooked Linear stays an nn.Linear (and is not
+    fused with its ReLU), a hooked ReLU stays (its Linear becomes a FusedLinear), and every hook
+    sees what it saw before the conversion."""
+    torch.manual_seed(0)
+    model = NeuralNetwork(4, 2)
+    ref = copy.deepcopy(model)
+    seen = {id(model): [], id(ref): []}
+    for network in (model, ref):
+        record = seen[id(network)]
+        network.layers[0].register_forward_hook(lambda m, i, o, record=record: record.append(o.detach().clone()))
+        network.layers[3].register_forward_pre_hook(lambda m, i, record=record: record.append(i[0].detach().clone()))
+    fusedmlp.convert(model)
+    assert [type(m) for m in model.layers] == [nn.Linear, nn.ReLU, FusedLinear, nn.ReLU, FusedLinear]
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(model(x), ref(x))
+    assert len(seen[id(model)]) == len(seen[id(ref)]) == 2
+    for ours, theirs in zip(seen[id(model)], seen[id(ref)]):
+        torch.testing.assert_close(ours, theirs)
+    linear = nn.Linear(3, 2)
+    linear.register_forward_pre_hook(lambda m, i: None)
+    assert fusedmlp.convert(linear) is linear
