@@ -174,3 +174,34 @@ def test_torch_compile_fullgraph_under_autocast():
     eager = loss(x, target)
     assert compiled.dtype == eager.dtype == torch.float32
     torch.testing.assert_close(compiled, eager)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_mixed_precision_training_loop_matches_torch(backend, device):
+    """The usual mixed-precision loop, autocast + GradScaler + SGD, three steps: FusedMLP,
+    fused cross-entropy and FusedSGD end where torch's Sequential, F.cross_entropy and
+    torch.optim.SGD end (fp16 autocast, float32 parameters)."""
+    require(backend, device)
+    reference = tutorial_network(device)
+    model = swapped("FusedMLP", reference, backend)
+    optimizers = [
+        fusedmlp.FusedSGD(model.parameters(), lr=0.1, momentum=0.9, backend=backend),
+        torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9),
+    ]
+    scalers = [torch.amp.GradScaler(device, init_scale=2.0**10) for _ in optimizers]
+    losses = [fusedmlp.functional.cross_entropy, F.cross_entropy]
+    torch.manual_seed(3)
+    for _ in range(3):
+        x = torch.randn(16, WIDTHS[0], device=device)
+        target = torch.randint(0, WIDTHS[-1], (16,), device=device)
+        for network, optimizer, scaler, loss_fn in zip((model, reference), optimizers, scalers, losses):
+            optimizer.zero_grad()
+            with torch.autocast(device, dtype=torch.float16):
+                loss = loss_fn(network(x), target)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+    assert scalers[0].get_scale() == scalers[1].get_scale()
+    for ours, theirs in zip(model.parameters(), reference.parameters(), strict=True):
+        assert ours.dtype == torch.float32
+        torch.testing.assert_close(ours, theirs, rtol=2e-3, atol=2e-3)
