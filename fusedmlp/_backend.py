@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import warnings
 
 import torch
 
@@ -84,12 +85,40 @@ def available_backends(device: str | torch.device = "cpu") -> list[str]:
     return [b for b in ranked if _unavailable_reason(b, device_type) is None]
 
 
+# Device types "auto" has already warned about (it falls back to the torch backend once per
+# device type, loudly: a missing build must not pass for fused kernels).
+_WARNED_UNFUSED: set[str] = set()
+
+
+def _warn_unfused(device_type: str) -> None:
+    if device_type in _WARNED_UNFUSED or torch.compiler.is_compiling():
+        return
+    _WARNED_UNFUSED.add(device_type)
+    reasons = "; ".join(
+        f"{candidate}: {_unavailable_reason(candidate, device_type)}"
+        for candidate in _AUTO_PREFERENCE.get(device_type, ())
+        if candidate != "torch"
+    )
+    warnings.warn(
+        f"fusedmlp: no fused backend can run on {device_type} tensors"
+        + (f" ({reasons})" if reasons else "")
+        + "; backend 'auto' runs the plain-PyTorch reference ('torch') there, without fused kernels",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+
+
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend for tensors on `device`; raises if `backend` cannot run there."""
+    """The concrete backend for tensors on `device`; raises if `backend` cannot run there.
+    "auto" takes the first backend of its preference order that can run, and warns (once per
+    device type) when only the plain-PyTorch reference can."""
     if backend == "auto":
         for candidate in _AUTO_PREFERENCE.get(device.type, ("torch",)):
+            if candidate == "torch":
+                break
             if _unavailable_reason(candidate, device.type) is None:
                 return candidate
+        _warn_unfused(device.type)
         return "torch"
     reason = _unavailable_reason(backend, device.type)
     if reason is not None:

@@ -105,13 +105,22 @@ def _run_python(code: str, **env) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_import_without_extension_says_how_to_fix():
+    """Without the compiled extension "auto" runs the torch reference and says so (one
+    RuntimeWarning naming the import error and the fix); asking for "cpu" raises with both."""
     code = (
         "import sys; sys.modules['fusedmlp._C'] = None\n"  # makes `from fusedmlp import _C` fail
         "import torch, fusedmlp\n"
         "backends = fusedmlp.available_backends('cpu')\n"
         "assert 'cpu' not in backends and backends[0] == 'torch', backends\n"
         "x = torch.randn(2, 3); w = torch.randn(4, 3)\n"
-        "assert fusedmlp.functional.linear_relu(x, w, backend='auto').shape == (2, 4)\n"
+        "import warnings\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    for _ in range(2):\n"
+        "        assert fusedmlp.functional.linear_relu(x, w, backend='auto').shape == (2, 4)\n"
+        "messages = [str(w.message) for w in caught]\n"
+        "assert len(messages) == 1, messages\n"
+        "assert 'plain-PyTorch reference' in messages[0] and 'pip install' in messages[0], messages\n"
         "try:\n"
         "    fusedmlp.functional.linear_relu(x, w, backend='cpu')\n"
         "except RuntimeError as e:\n"
