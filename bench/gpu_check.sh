@@ -43,7 +43,7 @@ step "GPU tests"
 # the run repeated without it, once, so one crash does not hide every later result.
 deselect=()
 for attempt in 1 2; do
-  timeout 420 $PY -X faulthandler -m pytest tests -m gpu -q -rs -p no:cacheprovider "${deselect[@]}" \
+  timeout 420 $PY -X faulthandler -m pytest tests -m gpu -q -rs --durations=25 -p no:cacheprovider "${deselect[@]}" \
     --junitxml="$OUT/tests_gpu.xml" > "$OUT/tests_gpu.log" 2>&1
   rc=$?
   echo "pytest exit $rc" | tee -a "$OUT/summary.txt"; tail -3 "$OUT/tests_gpu.log" | tee -a "$OUT/summary.txt"
