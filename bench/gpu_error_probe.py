@@ -9,7 +9,9 @@ crash is pinned to where the error was thrown: torch's own code, a C++ file of t
 built by nvcc). Crashes everywhere point at the machine's unwinder/toolchain; crashes only in
 the CUDA files at their host build; one case alone at that op.
 
-Prints one line per case, then the toolchain facts that decide how exceptions unwind.
+Prints one line per case, then the toolchain facts that decide how exceptions unwind: the
+compilers, the C++ runtime the extension links, the unwinder libraries loaded, and (LD_DEBUG)
+which library the throwing case's `_Unwind_RaiseException` binds to.
 """
 
 import os
@@ -67,16 +69,22 @@ else:
 """
 
 
-def run_case(code: str) -> str:
+def run_case(code: str, **env: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-X", "faulthandler", "-c", PROGRAM.format(code=code)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+
+
+def outcome(code: str) -> str:
+    result = run_case(code)
     if result.returncode == 0:
         return result.stdout.strip()
     where = result.stderr.strip().splitlines()[-12:]
     return f"CRASH (exit {result.returncode})\n      " + "\n      ".join(where)
 
 
-def toolchain_facts() -> list[str]:
+def toolchain_facts(traced_code: str) -> list[str]:
+    """Compilers and runtime libraries, and which library a throw in `traced_code` binds its
+    unwinder to (LD_DEBUG=bindings)."""
     import torch
 
     from fusedmlp import _C
@@ -90,6 +98,13 @@ def toolchain_facts() -> list[str]:
             facts.append(f"{compiler}: {version.splitlines()[0] if version else '?'}")
     ldd = subprocess.run(["ldd", _C.__file__], capture_output=True, text=True).stdout
     facts += [f"_C links {line.strip()}" for line in ldd.splitlines() if "libgcc" in line or "libstdc++" in line]
+    # Which unwinder a throw really uses: another library defining _Unwind_RaiseException (e.g.
+    # libunwind.so) can win the dynamic binding and crash every C++ throw in the process.
+    loaded = sorted({line.split()[-1] for line in open("/proc/self/maps") if "unwind" in line or "libgcc_s" in line})
+    facts += [f"loaded: {path}" for path in loaded]
+    traced = run_case(traced_code, LD_DEBUG="bindings").stderr.splitlines()
+    providers = {line.split(" to ", 1)[1].split(" [")[0] for line in traced if "`_Unwind_RaiseException'" in line}
+    facts += [f"_Unwind_RaiseException bound to: {path}" for path in sorted(providers)]
     return facts
 
 
@@ -102,11 +117,13 @@ def main() -> int:
         if needs_gpu and not has_gpu:
             print(f"{name}: skipped (no GPU)")
             continue
-        outcome = run_case(code)
-        crashed += outcome.startswith("CRASH")
-        print(f"{name}: {outcome}")
+        result = outcome(code)
+        crashed += result.startswith("CRASH")
+        print(f"{name}: {result}")
     print("-- toolchain")
-    for fact in toolchain_facts():
+    # The first run's crash where a GPU is present, else torch's own CPU error.
+    traced = next(code for name, needs_gpu, code in CASES if needs_gpu == has_gpu and (not has_gpu or "crash" in name))
+    for fact in toolchain_facts(traced):
         print(fact)
     return 1 if crashed else 0
 
