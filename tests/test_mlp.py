@@ -11,6 +11,7 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+import torch.nn.utils.prune as prune
 from support import backend_device_params, close_to_reference, require
 
 import fusedmlp
@@ -668,3 +669,24 @@ def test_torch_func_transforms_raise(backend, device):
 
     with pytest.raises(RuntimeError, match="functorch|torch.func|setup_context"):
         torch.func.grad(loss)(params)
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+def test_pruning_works_as_on_the_tutorial_network(backend, device):
+    """torch.nn.utils.prune recomputes a pruned weight in a forward pre-hook on its Linear slot:
+    FusedMLP runs it (path "modules:..."), matches the pruned Sequential, sends the gradient to
+    weight_orig, and returns to its own path once the pruning is made permanent."""
+    require(backend, device)
+    torch.manual_seed(0)
+    model, ref = fused_and_reference((6, 30, 20, 3), backend, device, torch.float32)
+    for network in (model.layers, ref):
+        prune.l1_unstructured(network[2], "weight", amount=0.5)
+    assert model.path().startswith("modules:")
+    out, ref_out, gx, ref_gx = forward_backward_both(model, ref, torch.randn(5, 6, device=device))
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(gx, ref_gx)
+    assert_grads_match(model, ref)
+    assert list(model.layers.state_dict()) == list(ref.state_dict())
+    prune.remove(model.layers[2], "weight")
+    assert not model.path().startswith("modules:")
+    assert (model.layers[2].weight == 0).sum() == 300
