@@ -239,6 +239,7 @@ def test_cuda_mlp_host_checks_reject_uncovered_shapes_without_a_gpu(widths, matc
             assert str(error.value).startswith(f"{op}: ") and "layer by layer" in str(error.value)
 
 
+@pytest.mark.slow
 def test_gpu_error_probe_runs_here():
     """The GPU kit's C++ errors probe (bench/gpu_error_probe.py) works before a GPU run needs
     it: its CPU cases raise RuntimeError cleanly, from torch and from the extension's C++
