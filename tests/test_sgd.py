@@ -7,6 +7,8 @@ BLOCK there is 32, so sizes 31/32/33 are BLOCK-1/BLOCK/BLOCK+1.
 
 from __future__ import annotations
 
+import collections
+
 import pytest
 import torch
 from support import AOT_ARCHS, backend_device_params, close_to_reference, require, run_triton_aot
@@ -268,6 +270,42 @@ def test_nan_grads_propagate(backend, device):
         torch.testing.assert_close(a, b, equal_nan=True)
         if a.numel():
             assert a.isnan().sum() == 1
+
+
+def _reset_buffer(optimizer, params):
+    optimizer.state[params[2]]["momentum_buffer"] = torch.zeros_like(params[2])
+
+
+# Ways a training script resets or edits the optimizer between steps; torch.optim.SGD reads its
+# state and groups at every step, so FusedSGD's reuse of the last step's plan must notice each.
+STATE_EDITS = {
+    "state.clear()": lambda optimizer, params: optimizer.state.clear(),
+    "new state dict": lambda optimizer, params: setattr(optimizer, "state", collections.defaultdict(dict)),
+    "a param's state replaced": lambda optimizer, params: optimizer.state.__setitem__(params[0], {}),
+    "a buffer deleted": lambda optimizer, params: optimizer.state[params[1]].pop("momentum_buffer"),
+    "a buffer replaced": _reset_buffer,
+    "momentum turned off": lambda optimizer, params: optimizer.param_groups[1].update(momentum=0.0),
+    "own state_dict loaded": lambda optimizer, params: optimizer.load_state_dict(optimizer.state_dict()),
+}
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+@pytest.mark.parametrize("edit", list(STATE_EDITS))
+def test_state_edits_between_steps_match_torch(backend, device, edit):
+    require(backend, device)
+    finals = []
+    for make in (reference, lambda groups, **o: fused(groups, backend, **o)):
+        torch.manual_seed(0)
+        params = [torch.randn(5, device=device, requires_grad=True) for _ in range(3)]
+        optimizer = make([{"params": params[:2]}, {"params": params[2:]}], lr=0.1, momentum=0.9)
+        for step in range(5):
+            for k, p in enumerate(params):
+                p.grad = torch.full_like(p, float(step + 1) * (k + 1))
+            optimizer.step()
+            if step == 1:
+                STATE_EDITS[edit](optimizer, params)
+        finals.append(torch.cat([p.detach() for p in params]))
+    torch.testing.assert_close(finals[1], finals[0])
 
 
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICE)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import operator
+from itertools import repeat
 from typing import Any, Callable, Optional
 
 import torch
@@ -90,8 +92,12 @@ class FusedSGD(Optimizer):
         self._first_step_skipped: dict[Tensor, Tensor] = {}
         self._resolved_backends: dict[torch.device, str] = {}
         # id(param group) -> (its params list, its length, the calls of the last step:
-        # [device, params, momentum buffers, situation]); see _step_group.
-        self._plans: dict[int, tuple[list[Tensor], int, list[list]]] = {}
+        # [device, params, momentum buffers, situation, per-param state dicts], whether momentum
+        # was on); see _step_group and _plan_holds.
+        self._plans: dict[int, tuple[list[Tensor], int, list[list], bool]] = {}
+        # (self.state, its per-param dicts) when the plans were made; None: snapshot after the
+        # next step.
+        self._planned_state: Optional[tuple[dict, list[dict]]] = None
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
@@ -175,11 +181,26 @@ class FusedSGD(Optimizer):
         grad_enabled = torch.is_grad_enabled()
         torch._C._set_grad_enabled(False)
         try:
+            if self._plans and not self._state_is_as_planned():
+                self._plans.clear()
             for group in self.param_groups:
                 self._step_group(group, grad_scale, found_inf, per_device)
+            if self._planned_state is None:
+                self._planned_state = (self.state, list(self.state.values()))
         finally:
             torch._C._set_grad_enabled(grad_enabled)
         return loss
+
+    def _state_is_as_planned(self) -> bool:
+        """Whether self.state is the dict, with the same per-param dicts, that the plans were made
+        from: state.clear(), a new state dict or a param's dict replaced invalidate them. C-level
+        comparisons: hashing every param (Tensor.__hash__ is Python) cost a quarter of a
+        500-tensor step (measured)."""
+        if self._planned_state is None:
+            return False
+        planned, values = self._planned_state
+        state = self.state
+        return state is planned and len(state) == len(values) and all(map(operator.is_, state.values(), values))
 
     def _step_group(
         self,
@@ -191,7 +212,7 @@ class FusedSGD(Optimizer):
         # Steady state (every param has a grad and its buffers exist) reuses the previous
         # step's grouping, so a step costs one list of grads per call in Python.
         plan = self._plans.get(id(group))
-        if plan is not None and plan[0] is group["params"] and plan[1] == len(group["params"]):
+        if plan is not None and self._plan_holds(plan, group):
             grads_per_call = [[p.grad for p in call[1]] for call in plan[2]]
             if not any(g is None for grads in grads_per_call for g in grads):
                 for call, grads in zip(plan[2], grads_per_call):
@@ -235,13 +256,14 @@ class FusedSGD(Optimizer):
             key = (p.device, p.dtype, situation if not isinstance(situation, Tensor) else id(situation))
             entry = calls.get(key)
             if entry is None:
-                entry = calls[key] = [p.device, [], [], situation, []]
+                entry = calls[key] = [p.device, [], [], situation, [], []]
             entry[1].append(p)
             entry[2].append(buf)
             entry[4].append(grad)
+            entry[5].append(state if momentum != 0 else None)
 
         for call in calls.values():
-            device, params, bufs, situation, grads = call
+            device, params, bufs, situation, grads, _ = call
             call[3] = self._launch(
                 group,
                 device,
@@ -258,10 +280,28 @@ class FusedSGD(Optimizer):
                 group["params"],
                 len(group["params"]),
                 [
-                    [device, params, bufs if momentum != 0 else [], situation]
-                    for device, params, bufs, situation, _ in calls.values()
+                    [device, params, bufs if momentum != 0 else [], situation, states]
+                    for device, params, bufs, situation, _, states in calls.values()
                 ],
+                momentum != 0,
             )
+            self._planned_state = None  # snapshot again after this step (see _step)
+
+    def _plan_holds(self, plan: tuple, group: dict[str, Any]) -> bool:
+        """Whether the last step's grouping still describes `group`: the same params list, of the
+        same length, momentum still on (or off), and each param's momentum buffer still the one
+        in its state (_step checks that the state itself is the same). torch.optim.SGD reads the
+        state every step, so a reset (a buffer deleted or replaced) must start a new buffer here
+        too."""
+        params, length, calls, with_momentum = plan
+        if params is not group["params"] or length != len(params) or with_momentum != (group["momentum"] != 0):
+            return False
+        if with_momentum:
+            for call in calls:
+                buffers = map(dict.get, call[4], repeat("momentum_buffer"))
+                if not all(map(operator.is_, buffers, call[2])):
+                    return False
+        return True
 
     def _launch(
         self,
