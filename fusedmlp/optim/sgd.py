@@ -242,14 +242,15 @@ class FusedSGD(Optimizer):
                 )
             situation: Any = None
             buf = None
+            param_state = None
             if momentum != 0:
-                state = self.state[p]
-                buf = state.get("momentum_buffer")
+                param_state = self.state[p]
+                buf = param_state.get("momentum_buffer")
                 if buf is None:
                     # Zero-filled when the step may be skipped, so no uninitialised memory is
                     # ever kept in the state.
                     buf = torch.empty_like(grad) if found_inf is None else torch.zeros_like(grad)
-                    state["momentum_buffer"] = buf
+                    param_state["momentum_buffer"] = buf
                     situation = "first"
                 else:
                     situation = self._first_step_skipped.get(p)
@@ -260,7 +261,7 @@ class FusedSGD(Optimizer):
             entry[1].append(p)
             entry[2].append(buf)
             entry[4].append(grad)
-            entry[5].append(state if momentum != 0 else None)
+            entry[5].append(param_state)
 
         for call in calls.values():
             device, params, bufs, situation, grads, _ = call
