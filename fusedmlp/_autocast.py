@@ -3,10 +3,11 @@ under ``torch.autocast`` in the dtypes torch's own layers would.
 
 torch casts at the dispatcher (its Autocast keys), per op: ``linear`` runs in the autocast dtype
 (float16 / bfloat16), ``cross_entropy`` in float32. fusedmlp's ops apply the same rules in their
-functional layer, before the autograd Function or the C++ autograd op, and then run with autocast
-off, as torch's Autocast kernels do: the kernels' own ATen calls (the CPU GEMMs, the torch
-backend's composites) must not be cast a second time. Casts are ``Tensor.to``, so gradients flow
-back to the parameters in their own dtype, as with torch.autocast.
+functional layer (and FusedMLP in its forward, for the whole-network op), before the autograd
+Function or the C++ autograd op, and then run with autocast off, as torch's Autocast kernels do:
+the kernels' own ATen calls (the CPU GEMMs, the torch backend's composites) must not be cast a
+second time. Casts are ``Tensor.to``, so gradients flow back to the parameters in their own dtype,
+as with torch.autocast.
 """
 
 from __future__ import annotations
