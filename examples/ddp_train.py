@@ -8,6 +8,13 @@ import os
 
 import torch
 import torch.distributed as dist
+
+# Imported before init_process_group on purpose. DDP's constructor imports it lazily, and
+# imported after init, its functions' `group=group.WORLD` defaults hold the default process
+# group forever: gloo's threads then outlive destroy_process_group() and the model, into
+# interpreter shutdown, where a process can abort ("terminate called without an active
+# exception", seen twice in CI). Imported first, the group dies with the model, before exit.
+import torch.distributed.nn  # noqa: F401
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
@@ -57,9 +64,7 @@ def main():
         train = compute_accuracy(model.module, DataLoader(dataset, batch_size=2), device)
         test = compute_accuracy(model.module, DataLoader(ToyDataset(X_test, y_test), batch_size=2), device)
         print(f"world size {world_size} | replicas identical | train accuracy: {train:.2f} | test accuracy: {test:.2f}")
-    # Tear down together: a rank that closes its gloo connections while rank 0 is still
-    # evaluating can make rank 0's teardown abort ("terminate called without an active
-    # exception", seen once in CI).
+    # Tear down together, so no rank closes its gloo connections while rank 0 still evaluates.
     dist.barrier()
     dist.destroy_process_group()
 

@@ -12,6 +12,9 @@ import socket
 import pytest
 import torch
 import torch.distributed as dist
+
+# Before any init_process_group (workers import this module first): see examples/ddp_train.py.
+import torch.distributed.nn  # noqa: F401
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -83,6 +86,7 @@ def _worker(rank, port, result_path, setup):
             params=[p.detach().cpu() for p in model.parameters()], grads_present=grads_present, path=model.path()
         )
     torch.save(results, f"{result_path}.{rank}")
+    dist.barrier()
     dist.destroy_process_group()
 
 
