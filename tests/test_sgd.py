@@ -276,6 +276,11 @@ def _reset_buffer(optimizer, params):
     optimizer.state[params[2]]["momentum_buffer"] = torch.zeros_like(params[2])
 
 
+def _swap_param(optimizer, params):
+    params[0] = params[0].detach().clone().requires_grad_()
+    optimizer.param_groups[0]["params"][0] = params[0]
+
+
 # Ways a training script resets or edits the optimizer between steps; torch.optim.SGD reads its
 # state and groups at every step, so FusedSGD's reuse of the last step's plan must notice each.
 STATE_EDITS = {
@@ -286,6 +291,7 @@ STATE_EDITS = {
     "a buffer replaced": _reset_buffer,
     "momentum turned off": lambda optimizer, params: optimizer.param_groups[1].update(momentum=0.0),
     "own state_dict loaded": lambda optimizer, params: optimizer.load_state_dict(optimizer.state_dict()),
+    "a param swapped in its group": _swap_param,
 }
 
 

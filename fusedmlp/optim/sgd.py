@@ -279,7 +279,7 @@ class FusedSGD(Optimizer):
         if all_have_grads:
             self._plans[id(group)] = (
                 group["params"],
-                len(group["params"]),
+                tuple(group["params"]),
                 [
                     [device, params, bufs if momentum != 0 else [], situation, states]
                     for device, params, bufs, situation, _, states in calls.values()
@@ -289,13 +289,18 @@ class FusedSGD(Optimizer):
             self._planned_state = None  # snapshot again after this step (see _step)
 
     def _plan_holds(self, plan: tuple, group: dict[str, Any]) -> bool:
-        """Whether the last step's grouping still describes `group`: the same params list, of the
-        same length, momentum still on (or off), and each param's momentum buffer still the one
-        in its state (_step checks that the state itself is the same). torch.optim.SGD reads the
-        state every step, so a reset (a buffer deleted or replaced) must start a new buffer here
-        too."""
-        params, length, calls, with_momentum = plan
-        if params is not group["params"] or length != len(params) or with_momentum != (group["momentum"] != 0):
+        """Whether the last step's grouping still describes `group`: the same params list holding
+        the same params, momentum still on (or off), and each param's momentum buffer still the
+        one in its state (_step checks that the state itself is the same). torch.optim.SGD reads
+        the groups and the state every step, so a param swapped into the list, or a reset (a
+        buffer deleted or replaced), must be seen here too."""
+        params, planned_params, calls, with_momentum = plan
+        if (
+            params is not group["params"]
+            or len(params) != len(planned_params)
+            or with_momentum != (group["momentum"] != 0)
+            or not all(map(operator.is_, params, planned_params))
+        ):
             return False
         if with_momentum:
             for call in calls:
