@@ -314,6 +314,54 @@ def test_state_edits_between_steps_match_torch(backend, device, edit):
     torch.testing.assert_close(finals[1], finals[0])
 
 
+def _add_group(optimizer, params, step):
+    if step == 2:
+        optimizer.add_param_group({"params": params[3:], "lr": 0.05})
+
+
+def _edit_hyperparameters(optimizer, params, step):
+    if step == 3:
+        optimizer.param_groups[0].update(weight_decay=0.1, maximize=True)
+    if step == 5:
+        optimizer.param_groups[1].update(nesterov=True, dampening=0.0)
+
+
+# What a training loop changes in the groups as it goes: torch's LR schedulers write lr (and
+# OneCycleLR / CyclicLR momentum) every step; groups and options change mid-run.
+# name: (scheduler factory or None, edit(optimizer, params, step) or None)
+GROUP_EDITS = {
+    "StepLR": (lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.5), None),
+    "OneCycleLR (cycles momentum)": (lambda o: torch.optim.lr_scheduler.OneCycleLR(o, 0.5, total_steps=10), None),
+    "CyclicLR (cycles momentum)": (lambda o: torch.optim.lr_scheduler.CyclicLR(o, 0.01, 0.3, step_size_up=2), None),
+    "CosineAnnealingWarmRestarts": (lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, 3), None),
+    "add_param_group": (None, _add_group),
+    "options edited": (None, _edit_hyperparameters),
+}
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+@pytest.mark.parametrize("edit", list(GROUP_EDITS))
+def test_schedulers_and_group_edits_match_torch(backend, device, edit):
+    require(backend, device)
+    make_scheduler, edit_groups = GROUP_EDITS[edit]
+    finals = []
+    for make in (reference, lambda groups, **o: fused(groups, backend, **o)):
+        params = make_params(device, torch.float64)
+        optimizer = make([{"params": params[:2]}, {"params": params[2:3]}], lr=0.1, momentum=0.9)
+        scheduler = make_scheduler(optimizer) if make_scheduler else None
+        for step in range(8):
+            for p, g in zip(params, make_grads(params, step)):
+                p.grad = g
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            if edit_groups is not None:
+                edit_groups(optimizer, params, step)
+        finals.append([p.detach() for p in params])
+    for ours, theirs in zip(finals[1], finals[0]):
+        torch.testing.assert_close(ours, theirs)
+
+
 @pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
 def test_state_dict_round_trip_and_torch_interchange(backend, device):
     require(backend, device)
