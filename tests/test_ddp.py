@@ -85,9 +85,18 @@ def _worker(rank, port, result_path, setup):
         results[name] = dict(
             params=[p.detach().cpu() for p in model.parameters()], grads_present=grads_present, path=model.path()
         )
-    torch.save(results, f"{result_path}.{rank}")
     dist.barrier()
     dist.destroy_process_group()
+    del ddp, model, optimizer
+    results["threads_after_teardown"] = _thread_names()
+    torch.save(results, f"{result_path}.{rank}")
+
+
+def _thread_names() -> list[str]:
+    tasks = "/proc/self/task"
+    if not os.path.isdir(tasks):
+        return []
+    return sorted(open(f"{tasks}/{task}/comm").read().strip() for task in os.listdir(tasks))
 
 
 _RUNS: dict[str, list[dict]] = {}
@@ -138,3 +147,16 @@ def test_ddp_on_shards_equals_full_batch(setup, name, tmp_path_factory):
     # The replicas are identical, bit for bit.
     for a, b in zip(results[0][name]["params"], results[-1][name]["params"]):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_process_group_threads_end_before_interpreter_shutdown(tmp_path_factory):
+    """After destroy_process_group() and the DDP model gone, gloo's threads are gone too. Threads
+    still running into interpreter shutdown can abort a rank at exit ("terminate called without
+    an active exception", twice in CI): torch.distributed.nn imported after init_process_group
+    (as DDP's constructor does) pins the default group in its functions' defaults; this module
+    imports it first, as examples/ddp_train.py does. Checks the 2-process gloo run on CPU."""
+    for rank_results in ddp_results("gloo-cpu", tmp_path_factory):
+        names = rank_results["threads_after_teardown"]
+        if not names:
+            pytest.skip("no /proc/self/task here to list a process's threads")
+        assert not [name for name in names if "gloo" in name], names
