@@ -91,10 +91,10 @@ class FusedSGD(Optimizer):
         # device so the skip decision never syncs; not part of the state_dict.
         self._first_step_skipped: dict[Tensor, Tensor] = {}
         self._resolved_backends: dict[torch.device, str] = {}
-        # id(param group) -> (its params list, its length, the calls of the last step:
-        # [device, params, momentum buffers, situation, per-param state dicts], whether momentum
-        # was on); see _step_group and _plan_holds.
-        self._plans: dict[int, tuple[list[Tensor], int, list[list], bool]] = {}
+        # id(param group) -> (its params, the calls of the last step: [device, params, momentum
+        # buffers, situation, per-param state dicts], whether momentum was on); see _step_group
+        # and _plan_holds.
+        self._plans: dict[int, tuple[tuple[Tensor, ...], list[list], bool]] = {}
         # (self.state, its per-param dicts) when the plans were made; None: snapshot after the
         # next step.
         self._planned_state: Optional[tuple[dict, list[dict]]] = None
@@ -213,9 +213,9 @@ class FusedSGD(Optimizer):
         # step's grouping, so a step costs one list of grads per call in Python.
         plan = self._plans.get(id(group))
         if plan is not None and self._plan_holds(plan, group):
-            grads_per_call = [[p.grad for p in call[1]] for call in plan[2]]
+            grads_per_call = [[p.grad for p in call[1]] for call in plan[1]]
             if not any(g is None for grads in grads_per_call for g in grads):
-                for call, grads in zip(plan[2], grads_per_call):
+                for call, grads in zip(plan[1], grads_per_call):
                     call[3] = self._launch(
                         group, call[0], call[1], grads, call[2], call[3], grad_scale, found_inf, per_device
                     )
@@ -278,7 +278,6 @@ class FusedSGD(Optimizer):
             )
         if all_have_grads:
             self._plans[id(group)] = (
-                group["params"],
                 tuple(group["params"]),
                 [
                     [device, params, bufs if momentum != 0 else [], situation, states]
@@ -289,15 +288,15 @@ class FusedSGD(Optimizer):
             self._planned_state = None  # snapshot again after this step (see _step)
 
     def _plan_holds(self, plan: tuple, group: dict[str, Any]) -> bool:
-        """Whether the last step's grouping still describes `group`: the same params list holding
-        the same params, momentum still on (or off), and each param's momentum buffer still the
+        """Whether the last step's grouping still describes `group`: the same params, in the
+        same order, momentum still on (or off), and each param's momentum buffer still the
         one in its state (_step checks that the state itself is the same). torch.optim.SGD reads
         the groups and the state every step, so a param swapped into the list, or a reset (a
         buffer deleted or replaced), must be seen here too."""
-        params, planned_params, calls, with_momentum = plan
+        planned_params, calls, with_momentum = plan
+        params = group["params"]
         if (
-            params is not group["params"]
-            or len(params) != len(planned_params)
+            len(params) != len(planned_params)
             or with_momentum != (group["momentum"] != 0)
             or not all(map(operator.is_, params, planned_params))
         ):
