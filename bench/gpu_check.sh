@@ -3,88 +3,112 @@
 #   OUT=/some/folder bash bench/gpu_check.sh
 # Builds the extension there, runs the GPU-marked tests (and compute-sanitizer memcheck on a
 # small case when available), measures the copy-bandwidth and cuBLAS-GEMM ceilings, runs the
-# benchmark, and writes everything (logs, reports, results) to $OUT. Budget: two calls of under 10 minutes.
+# benchmark, and writes everything (logs, reports, results) to $OUT.
 #
-# Stages can be picked (default: all, in order), so that the kit fits calls with a time limit:
-#   OUT=o1 bash bench/gpu_check.sh build tests      then      OUT=o2 bash bench/gpu_check.sh sanitize ceilings bench
-# (a later call on the same machine reuses the build; on a fresh machine include `build`).
+# Stages (build tests sanitize ceilings ce_probe bench) run in the order given (default: all
+# but ce_probe), e.g. for one call of under 10 minutes, numbers first:
+#   OUT=o DEADLINE=540 bash bench/gpu_check.sh build ceilings bench tests sanitize
+# DEADLINE (seconds from the start) bounds every stage's timeout, so the kit ends in time to pack
+# what it wrote; a stage that would start with under 20 s left is skipped and says so.
+# (A later call on the same machine reuses the build; on a fresh machine include `build`.)
 set -uo pipefail
 STAGES=${*:-build tests sanitize ceilings bench}
-want() { [[ " $STAGES " == *" $1 "* ]]; }
 OUT=${OUT:-gpu_out}
+DEADLINE=${DEADLINE:-100000}
+# The tests stage's pytest paths (default: the whole suite; a short call may name some files).
+TEST_PATHS=${TEST_PATHS:-tests}
+# Suites in the order they run: the training step (issue 7) and cross-entropy (issue 3) first.
+BENCH_SUITES=${BENCH_SUITES:-mlp,cross_entropy,sgd,linear_relu}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 started=$(date +%s)
 step() { echo "== $(( $(date +%s) - started ))s: $*" | tee -a "$OUT/summary.txt"; }
+# limit N: N seconds, or what is left before the deadline if that is less.
+limit() { local left=$(( DEADLINE - ($(date +%s) - started) )); echo $(( left < $1 ? left : $1 )); }
+enough_time() { (( $(limit 20) >= 20 )) || { step "SKIPPED $1: deadline near"; return 1; }; }
+
+stage_build() {
+  step "build (CUDA kernels required)"
+  { command -v c++ g++ gcc; file "$(command -v g++)"; head -c 600 "$(command -v g++)" | cat -v; echo; } \
+    > "$OUT/compiler.txt" 2>&1
+  # sm_90 only: the H200 is the only GPU this script meets, and it halves the build time.
+  if ! FUSEDMLP_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} \
+      timeout "$(limit 300)" $PY -m pip install --no-build-isolation --no-deps -v -e . > "$OUT/build.log" 2>&1; then
+    step "BUILD FAILED (see build.log)"; tail -30 "$OUT/build.log"; exit 1
+  fi
+  # libstdc++ must be the dynamic one torch uses (setup.py, tests/test_build.py).
+  ldd "$($PY -c 'import fusedmlp._C as c; print(c.__file__)')" | grep -E "libstdc|libgcc" | tee -a "$OUT/summary.txt"
+}
+
+stage_tests() {
+  # The errors probe runs beside the tests (its cases are tiny and the tests are not timed).
+  step "C++ errors probe (one TORCH_CHECK per part of the extension, each in its own process), beside the tests"
+  ( timeout "$(limit 300)" $PY bench/gpu_error_probe.py > "$OUT/error_probe.txt" 2>&1
+    echo "error probe exit $?" >> "$OUT/summary.txt"
+    grep -c CRASH "$OUT/error_probe.txt" | sed 's/^/error probe crashed cases: /' >> "$OUT/summary.txt" ) &
+  local probe=$!
+  step "GPU tests"
+  # Workers in parallel where pytest-xdist is there (Triton's JIT compiles are CPU-bound): a
+  # crash (a signal, e.g. a segfault) then fails its test alone, named in the report. Without
+  # xdist a crash ends pytest: faulthandler's traceback names the test that was running, and the
+  # run is repeated once without it.
+  local parallel=() deselect=() rc crashed
+  $PY -c "import xdist" 2> /dev/null && parallel=(-n "${TEST_WORKERS:-8}")
+  $PY -c "import pytest_timeout" 2> /dev/null && parallel+=(--timeout 180)
+  for attempt in 1 2; do
+    timeout "$(limit 420)" $PY -X faulthandler -m pytest $TEST_PATHS -m gpu -q -rs --durations=25 -p no:cacheprovider \
+      "${parallel[@]}" "${deselect[@]}" --junitxml="$OUT/tests_gpu.xml" > "$OUT/tests_gpu.log" 2>&1
+    rc=$?
+    echo "pytest exit $rc" | tee -a "$OUT/summary.txt"; tail -3 "$OUT/tests_gpu.log" | tee -a "$OUT/summary.txt"
+    (( rc > 128 && rc != 137 )) || break
+    crashed=$(grep -oE 'tests/test_[A-Za-z0-9_]+\.py", line [0-9]+ in test_[A-Za-z0-9_]+' "$OUT/tests_gpu.log" | tail -1 |
+      sed -E 's/", line [0-9]+ in /::/')
+    [[ -n "$crashed" ]] || break
+    step "CRASH in $crashed: rerunning the GPU tests without it"
+    grep -B2 -A30 "Fatal Python error" "$OUT/tests_gpu.log" > "$OUT/crash.txt"
+    deselect=(--deselect "$crashed")
+  done
+  wait "$probe"
+}
+
+stage_sanitize() {
+  if ! command -v compute-sanitizer > /dev/null; then step "compute-sanitizer not found: memcheck skipped"; return; fi
+  for part in kernels providers; do
+    enough_time "memcheck $part" || return
+    step "compute-sanitizer memcheck: $part"
+    timeout "$(limit 150)" compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/gpu_sanitize_case.py $part \
+      > "$OUT/sanitizer_$part.log" 2>&1
+    echo "memcheck $part exit $?" | tee -a "$OUT/summary.txt"
+  done
+}
+
+stage_ce_probe() {
+  step "cross-entropy probe: kernel alone, fwd+bwd, eager, a copy of the same bytes"
+  timeout "$(limit 90)" $PY bench/gpu_ce_probe.py > "$OUT/ce_probe.json" 2>> "$OUT/summary.txt"
+  cat "$OUT/ce_probe.json" >> "$OUT/summary.txt"
+}
+
+stage_ceilings() {
+  step "ceilings: copy bandwidth and cuBLAS GEMM"
+  timeout "$(limit 60)" $PY bench/gpu_ceilings.py > "$OUT/ceilings.json" 2>> "$OUT/summary.txt"
+  cat "$OUT/ceilings.json" >> "$OUT/summary.txt"
+}
+
+stage_bench() {
+  step "benchmark (suites: $BENCH_SUITES; the .json is written after each suite)"
+  timeout "$(limit 300)" $PY -m fusedmlp.bench --only "$BENCH_SUITES" --out "$OUT" > "$OUT/bench.txt" 2>&1
+  echo "bench exit $?" | tee -a "$OUT/summary.txt"
+}
 
 step "environment"
 { nvidia-smi; $PY -c "import torch, sys; print(sys.version); print('torch', torch.__version__, 'cuda', torch.version.cuda)";
   $PY -c "import triton; print('triton', triton.__version__)"; nvcc --version; } > "$OUT/env.txt" 2>&1
 
-if want build; then
-step "build (CUDA kernels required)"
-# sm_90 only: the H200 is the only GPU this script meets, and it halves the build time.
-if ! FUSEDMLP_BUILD_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16} \
-    timeout 300 $PY -m pip install --no-build-isolation --no-deps -v -e . > "$OUT/build.log" 2>&1; then
-  step "BUILD FAILED (see build.log)"; tail -30 "$OUT/build.log"; exit 1
-fi
-
-fi
-
-if want tests; then
-step "C++ errors probe (one TORCH_CHECK per part of the extension, each in its own process)"
-timeout 300 $PY bench/gpu_error_probe.py > "$OUT/error_probe.txt" 2>&1
-echo "error probe exit $?" | tee -a "$OUT/summary.txt"; grep -c CRASH "$OUT/error_probe.txt" | sed 's/^/crashed cases: /' | tee -a "$OUT/summary.txt"
-
-step "GPU tests"
-# A crash (a signal, e.g. a segfault) ends pytest with no report: faulthandler's traceback
-# names the test that was running; it is recorded (with a gdb backtrace when gdb is there) and
-# the run repeated without it, once, so one crash does not hide every later result.
-deselect=()
-for attempt in 1 2; do
-  timeout 420 $PY -X faulthandler -m pytest tests -m gpu -q -rs --durations=25 -p no:cacheprovider "${deselect[@]}" \
-    --junitxml="$OUT/tests_gpu.xml" > "$OUT/tests_gpu.log" 2>&1
-  rc=$?
-  echo "pytest exit $rc" | tee -a "$OUT/summary.txt"; tail -3 "$OUT/tests_gpu.log" | tee -a "$OUT/summary.txt"
-  (( rc > 128 && rc != 137 )) || break
-  crashed=$(grep -oE 'tests/test_[A-Za-z0-9_]+\.py", line [0-9]+ in test_[A-Za-z0-9_]+' "$OUT/tests_gpu.log" | tail -1 |
-    sed -E 's/", line [0-9]+ in /::/')
-  [[ -n "$crashed" ]] || break
-  step "CRASH in $crashed: rerunning the GPU tests without it"
-  grep -B2 -A30 "Fatal Python error" "$OUT/tests_gpu.log" > "$OUT/crash.txt"
-  if command -v gdb > /dev/null; then
-    timeout 120 gdb -q -batch -ex run -ex bt --args "$($PY -c 'import sys; print(sys.executable)')" -m pytest "$crashed" -x -q -p no:cacheprovider \
-      >> "$OUT/crash.txt" 2>&1
-  fi
-  deselect=(--deselect "$crashed")
+for stage in $STAGES; do
+  case $stage in
+    build | tests | sanitize | ceilings | ce_probe | bench) enough_time "$stage" && "stage_$stage" ;;
+    *) step "unknown stage $stage (build tests sanitize ceilings ce_probe bench)"; exit 2 ;;
+  esac
 done
-
-fi
-
-if ! want sanitize; then
-  :
-elif command -v compute-sanitizer > /dev/null; then
-  for part in kernels providers; do
-    step "compute-sanitizer memcheck: $part"
-    timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 $PY bench/gpu_sanitize_case.py $part \
-      > "$OUT/sanitizer_$part.log" 2>&1
-    echo "memcheck $part exit $?" | tee -a "$OUT/summary.txt"
-  done
-else
-  step "compute-sanitizer not found: memcheck skipped"
-fi
-
-if want ceilings; then
-step "ceilings: copy bandwidth and cuBLAS GEMM"
-timeout 60 $PY bench/gpu_ceilings.py > "$OUT/ceilings.json" 2>> "$OUT/summary.txt"
-cat "$OUT/ceilings.json" >> "$OUT/summary.txt"
-
-fi
-
-if want bench; then
-step "benchmark"
-timeout 200 $PY -m fusedmlp.bench --out "$OUT" > "$OUT/bench.txt" 2>&1
-echo "bench exit $?" | tee -a "$OUT/summary.txt"
-fi
 step "done"
