@@ -110,8 +110,22 @@ def _extensions():
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     # No -std flag: torch.utils.cpp_extension picks the standard its headers need (C++20 for 2.14).
     cxx_flags = ["-O3", "-fvisibility=hidden"]
+    # libstdc++ linked dynamically, the copy torch uses, even where the compiler driver links it
+    # statically (the H200 machine's /opt/gcc/bin/g++ does: `-static-libstdc++` comes after these
+    # flags, so libstdc++.so already defines what it would pull in). A static copy beside torch's
+    # mixes two libstdc++ in one process: there every TORCH_CHECK message that formats a number
+    # crashed (a segfault; here a truncated message), tests/test_build.py checks the linking.
+    link_flags = ["-lstdc++"]
     if not with_cuda:
-        return [CppExtension("fusedmlp._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags})]
+        return [
+            CppExtension(
+                "fusedmlp._C",
+                sources,
+                include_dirs=include_dirs,
+                extra_compile_args={"cxx": cxx_flags},
+                extra_link_args=link_flags,
+            )
+        ]
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
     nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", PTXAS_FLAGS]
     return [
@@ -120,6 +134,7 @@ def _extensions():
             sources + rel("csrc/cuda/*.cu"),
             include_dirs=include_dirs + _nvidia_wheel_include_dirs(),
             extra_compile_args={"cxx": cxx_flags + ["-DFUSEDMLP_WITH_CUDA"], "nvcc": nvcc_flags},
+            extra_link_args=link_flags,
         )
     ]
 

@@ -83,6 +83,26 @@ def test_cuda_kernels_registered(op):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedmlp::{op}", "CUDA")
 
 
+def test_extension_links_the_libstdcxx_torch_uses():
+    """_C must use the process's one libstdc++ (torch's), not a static copy: the H200 machine's
+    compiler driver linked libstdc++ statically, and every TORCH_CHECK message that formats a
+    number crashed there (setup.py now names -lstdc++). ldd lists what _C needs at run time."""
+    from fusedmlp import _C
+
+    ldd = shutil.which("ldd")
+    if ldd is None:
+        pytest.skip("ldd not found")
+    needed = subprocess.run([ldd, _C.__file__], capture_output=True, text=True, check=True).stdout
+    assert "libstdc++.so" in needed, f"{_C.__file__} links libstdc++ statically:\n{needed}"
+
+
+def test_cpp_error_messages_format_numbers():
+    """The symptom of a second libstdc++: numbers in C++ error messages came out empty (here,
+    with -static-libstdc++) or crashed the process (the H200 machine)."""
+    with pytest.raises(RuntimeError, match=r"layer 0: mat1 and mat2 shapes cannot be multiplied \(3x4 and 6x5\)"):
+        torch.ops.fusedmlp.mlp_fwd(torch.ones(3, 4), [torch.ones(5, 6)], [])
+
+
 def test_ptxas_rejects_spills():
     """Every CUDA kernel built into fusedmlp._C compiled with ptxas --warn-on-spills
     --warning-as-error, so a kernel that spills registers fails the build instead of shipping."""
