@@ -8,6 +8,7 @@ from support import AOT_ARCHS, run_triton_aot
 pytest.importorskip("triton")
 
 from fusedmlp.triton_kernels import cross_entropy as tk  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -36,3 +37,18 @@ def test_no_register_spills(aot_report):
     assert not unknown, "no ptxas spill report for:\n" + "\n".join(unknown)
     spilled = [f"{_label(r)}: {r['spills']} bytes spilled, {r['registers']} regs" for r in rows if r["spills"]]
     assert not spilled, "\n".join(spilled)
+
+
+def test_label_smoothing_reaches_the_kernels_in_float64():
+    """Triton passes an unannotated Python float as fp32: label_smoothing=0.1 rounded so put
+    1e-9 relative errors into float64 losses on the H200 (the interpreter keeps the Python
+    float, so only the GPU showed it). Every kernel taking `smoothing` declares it fp64, and
+    the ahead-of-time specs compile it so."""
+    takers = [(name, fn) for name, fn in tk.KERNELS.items() if "smoothing" in fn.arg_names]
+    assert takers
+    for name, fn in takers:
+        # As Triton's JIT reads the annotation (the tests run the kernels interpreted).
+        (param,) = [p for p in JITFunction(fn.fn).params if p.name == "smoothing"]
+        assert param.annotation_type == "fp64", name
+    specs = [spec for spec in tk.aot_compile_specs() if "smoothing" in spec["signature"]]
+    assert specs and all(spec["signature"]["smoothing"] == "fp64" for spec in specs)

@@ -14,6 +14,10 @@ A batch with few, very wide rows (fewer rows than about four programs per SM, at
 SPLIT_MIN_COLUMNS classes) splits each row into column ranges, one program each, in three
 launches: per-range stats, then the gradient of each range from the combined stats, then
 the loss (see _cross_entropy_split); partial results are combined in a fixed order.
+
+`smoothing` is annotated tl.float64: Triton passes an unannotated Python float as fp32, and 0.1
+rounded to fp32 put errors of 1e-9 (relative) into float64 losses on the H200. The kernels cast
+it to their accumulation dtype, so lower precisions see the same value as before.
 """
 
 from __future__ import annotations
@@ -213,7 +217,7 @@ def _cross_entropy_fwd_kernel(
     loss_ptr,
     C,
     ignore_index,
-    smoothing,
+    smoothing: tl.float64,
     PROB_TARGET: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
     SMOOTH: tl.constexpr,
@@ -266,7 +270,9 @@ def _cross_entropy_fwd_kernel(
         t = tl.load(target_ptr + row * stride_tr)
         valid = t != ignore_index
         t_safe = tl.where(valid & (t >= 0) & (t < C), t, 0)
-        x_t = tl.load(x_row + t_safe * stride_xc).to(ACC_DTYPE)  # before pass 2 may overwrite the row
+        x_t = tl.load(x_row + t_safe * stride_xc).to(ACC_DTYPE)
+        # In place, pass 2 stores over the row: every warp must have read x_t before any stores.
+        tl.debug_barrier()
         if HAS_WEIGHT:
             w_t = tl.load(weight_ptr + t_safe * stride_w).to(ACC_DTYPE)
         else:
@@ -337,7 +343,7 @@ def _cross_entropy_fwd_resident_kernel(
     loss_ptr,
     C,
     ignore_index,
-    smoothing,
+    smoothing: tl.float64,
     N,
     PROB_TARGET: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
@@ -390,7 +396,10 @@ def _cross_entropy_fwd_resident_kernel(
         t, valid, t_safe, w_t = _row_target(
             target_ptr + rows * stride_tr, weight_ptr, stride_w, ignore_index, C, HAS_WEIGHT, ACC_DTYPE
         )
-        x_t_minus_m = tl.load(logits_ptr + rows * stride_xr + t_safe * stride_xc).to(ACC_DTYPE) - m
+        # x_t from the tile in registers, not a second load: in place (grad is the logits) other
+        # warps may already have stored their gradient over x_t (seen on the H200).
+        x_t = tl.sum(tl.where(cols[None, :] == t_safe[:, None], x, 0.0), axis=1)
+        x_t_minus_m = x_t - m
         if SMOOTH:
             coef = tl.sum(w, axis=1)
             dot = tl.sum(tl.where(tile_in, w * (x - m[:, None]), 0.0), axis=1)
@@ -447,7 +456,7 @@ def _cross_entropy_split_stats_kernel(
     xt_ptr,
     C,
     ignore_index,
-    smoothing,
+    smoothing: tl.float64,
     split_c,
     num_splits,
     PROB_TARGET: tl.constexpr,
@@ -497,7 +506,7 @@ def _cross_entropy_split_grad_kernel(
     dots_ptr,
     C,
     ignore_index,
-    smoothing,
+    smoothing: tl.float64,
     split_c,
     num_splits,
     PROB_TARGET: tl.constexpr,
@@ -546,7 +555,7 @@ def _cross_entropy_split_loss_kernel(
     loss_ptr,
     C,
     ignore_index,
-    smoothing,
+    smoothing: tl.float64,
     num_splits,
     PROB_TARGET: tl.constexpr,
     HAS_WEIGHT: tl.constexpr,
@@ -688,7 +697,7 @@ def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
                 elif arg.endswith("_ptr"):
                     signature[arg] = _PTR[dtype]
                 elif arg == "smoothing":
-                    signature[arg] = "fp32"
+                    signature[arg] = "fp64"
                 else:
                     signature[arg] = "i64"
             yield aot_spec(name, fn, dtype, variant, signature, constexprs, num_warps, sizes, layout="rows")
