@@ -61,14 +61,26 @@ def require(backend: str, device: str) -> None:
 
 
 def close_to_reference(
-    actual: torch.Tensor, reference: torch.Tensor, torch_same_dtype: torch.Tensor, floor: float = 1e-3
+    actual: torch.Tensor,
+    reference: torch.Tensor,
+    torch_same_dtype: torch.Tensor,
+    floor: float = 1e-3,
+    terms: int = 1,
 ) -> None:
     """The flash-attention rule: against a higher-precision reference (fp32 for fp16/bf16, fp64
-    for fp32), our error is at most twice torch's own error in the same dtype, plus a floor."""
+    for fp32), our error is at most twice torch's own error in the same dtype, plus a floor.
+
+    `terms`: the longest sum behind each value. A kernel that adds them one after another in
+    the dtype gains about sqrt(terms) roundings of the running sum, where cuBLAS's split
+    reductions may gain far fewer (on the H200 torch's error on a 600-term sum was 4e-6, a
+    sequential fp32 sum's 3e-5), so the floor grows to sqrt(terms) * eps * max|reference|."""
     assert actual.shape == reference.shape and actual.dtype == torch_same_dtype.dtype
     ours = (actual.to(reference.dtype) - reference).abs().max().item() if actual.numel() else 0.0
     theirs = (torch_same_dtype.to(reference.dtype) - reference).abs().max().item() if actual.numel() else 0.0
-    assert ours <= 2 * theirs + floor, f"max error {ours:.3e} > 2 x torch's {theirs:.3e} + {floor:.0e}"
+    if terms > 1 and actual.numel():
+        rounding = terms**0.5 * torch.finfo(actual.dtype).eps * reference.abs().max().item()
+        floor = max(floor, rounding)
+    assert ours <= 2 * theirs + floor, f"max error {ours:.3e} > 2 x torch's {theirs:.3e} + {floor:.1e}"
 
 
 # ---------------------------------------------------------------------------------------
