@@ -110,12 +110,13 @@ def _extensions():
     include_dirs = [os.path.join(ROOT, "csrc", "include")]
     # No -std flag: torch.utils.cpp_extension picks the standard its headers need (C++20 for 2.14).
     cxx_flags = ["-O3", "-fvisibility=hidden"]
-    # libstdc++ linked dynamically, the copy torch uses, even where the compiler driver links it
-    # statically (the H200 machine's /opt/gcc/bin/g++ does: `-static-libstdc++` comes after these
-    # flags, so libstdc++.so already defines what it would pull in). A static copy beside torch's
-    # mixes two libstdc++ in one process: there every TORCH_CHECK message that formats a number
-    # crashed (a segfault; here a truncated message), tests/test_build.py checks the linking.
-    link_flags = ["-lstdc++"]
+    # A compiler that links libstdc++ statically (the H200 machine's /opt/gcc/bin/g++ finds only
+    # libstdc++.a) puts a second copy of it in _C beside the libstdc++.so torch loaded, and
+    # exports it: the runtime then binds some of the copy's references to the other one, and
+    # every TORCH_CHECK message that formatted a number segfaulted there (an empty number here,
+    # with -static-libstdc++). Symbols of static archives stay hidden, so such a copy serves _C
+    # alone; with the usual dynamic libstdc++ the flag changes nothing. tests/test_build.py.
+    link_flags = ["-Wl,--exclude-libs,ALL"]
     if not with_cuda:
         return [
             CppExtension(
