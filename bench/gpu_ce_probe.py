@@ -3,11 +3,14 @@ the fused kernel alone, the whole forward + backward through fusedmlp's function
 PyTorch, and a copy of the same bytes (the floor: the fused step reads the logits once and writes
 the gradient once). Each timed by triton.testing.do_bench (L2 flushed, medians). Prints JSON.
 
-    python bench/gpu_ce_probe.py [N C dtype]
+    python bench/gpu_ce_probe.py [--shape N C dtype] [--kernel-only]
+
+--kernel-only launches the CUDA kernel a few times and times nothing: the program the kit's
+`ce_ncu` stage runs under Nsight Compute.
 """
 
+import argparse
 import json
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -57,6 +60,21 @@ def main(N: int = 8192, C: int = 32000, dtype: str = "bfloat16") -> dict:
     }
 
 
+def kernel_only(N: int, C: int, dtype: str) -> None:
+    x = torch.randn(N, C, device="cuda", dtype=getattr(torch, dtype))
+    t = torch.randint(0, C, (N,), device="cuda")
+    for _ in range(3):
+        torch.ops.fusedmlp.cross_entropy_fwd(x, t, None, -100, 0.0, None, True)
+    torch.cuda.synchronize()
+
+
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    print(json.dumps(main(int(args[0]), int(args[1]), args[2]) if args else main(), indent=1))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", nargs=3, default=["8192", "32000", "bfloat16"], metavar=("N", "C", "DTYPE"))
+    parser.add_argument("--kernel-only", action="store_true")
+    args = parser.parse_args()
+    N, C, dtype = int(args.shape[0]), int(args.shape[1]), args.shape[2]
+    if args.kernel_only:
+        kernel_only(N, C, dtype)
+    else:
+        print(json.dumps(main(N, C, dtype), indent=1))

@@ -5,8 +5,8 @@
 # small case when available), measures the copy-bandwidth and cuBLAS-GEMM ceilings, runs the
 # benchmark, and writes everything (logs, reports, results) to $OUT.
 #
-# Stages (build tests sanitize ceilings ce_probe bench) run in the order given (default: all
-# but ce_probe), e.g. for one call of under 10 minutes, numbers first:
+# Stages (build tests sanitize ceilings ce_probe ce_ncu bench) run in the order given (default:
+# all but ce_probe and ce_ncu), e.g. for one call of under 10 minutes, numbers first:
 #   OUT=o DEADLINE=540 bash bench/gpu_check.sh build ceilings bench tests sanitize
 # DEADLINE (seconds from the start) bounds every stage's timeout, so the kit ends in time to pack
 # what it wrote; a stage that would start with under 20 s left is skipped and says so.
@@ -19,6 +19,8 @@ DEADLINE=${DEADLINE:-100000}
 TEST_PATHS=${TEST_PATHS:-tests}
 # Suites in the order they run: the training step (issue 7) and cross-entropy (issue 3) first.
 BENCH_SUITES=${BENCH_SUITES:-mlp,cross_entropy,sgd,linear_relu}
+# Extra flags for the benchmark, e.g. BENCH_FLAGS=--full for the whole matrix.
+BENCH_FLAGS=${BENCH_FLAGS:-}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
@@ -89,6 +91,17 @@ stage_ce_probe() {
   cat "$OUT/ce_probe.json" >> "$OUT/summary.txt"
 }
 
+stage_ce_ncu() {
+  # Hardware counters of the CUDA cross-entropy kernel at issue 3's shape (ncu reads them on the
+  # H200's Firecracker machines; clocks left alone, as the device notes ask).
+  if ! command -v ncu > /dev/null; then step "ncu not found: ce_ncu skipped"; return; fi
+  step "ncu: the CUDA cross-entropy kernel (speed of light, occupancy, memory)"
+  timeout "$(limit 120)" ncu --clock-control none --kernel-name regex:cross_entropy --launch-count 1 \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+    $PY bench/gpu_ce_probe.py --kernel-only > "$OUT/ce_ncu.txt" 2>&1
+  echo "ncu exit $?" | tee -a "$OUT/summary.txt"
+}
+
 stage_ceilings() {
   step "ceilings: copy bandwidth and cuBLAS GEMM"
   timeout "$(limit 60)" $PY bench/gpu_ceilings.py > "$OUT/ceilings.json" 2>> "$OUT/summary.txt"
@@ -97,7 +110,7 @@ stage_ceilings() {
 
 stage_bench() {
   step "benchmark (suites: $BENCH_SUITES; the .json is written after each suite)"
-  timeout "$(limit 300)" $PY -m fusedmlp.bench --only "$BENCH_SUITES" --out "$OUT" > "$OUT/bench.txt" 2>&1
+  timeout "$(limit 300)" $PY -m fusedmlp.bench --only "$BENCH_SUITES" $BENCH_FLAGS --out "$OUT" > "$OUT/bench.txt" 2>&1
   echo "bench exit $?" | tee -a "$OUT/summary.txt"
 }
 
@@ -107,8 +120,8 @@ step "environment"
 
 for stage in $STAGES; do
   case $stage in
-    build | tests | sanitize | ceilings | ce_probe | bench) enough_time "$stage" && "stage_$stage" ;;
-    *) step "unknown stage $stage (build tests sanitize ceilings ce_probe bench)"; exit 2 ;;
+    build | tests | sanitize | ceilings | ce_probe | ce_ncu | bench) enough_time "$stage" && "stage_$stage" ;;
+    *) step "unknown stage $stage (build tests sanitize ceilings ce_probe ce_ncu bench)"; exit 2 ;;
   esac
 done
 step "done"
