@@ -19,14 +19,20 @@ from triton.testing import do_bench
 import fusedmlp
 
 
-def main(N: int = 8192, C: int = 32000, dtype: str = "bfloat16") -> dict:
+def _inputs(N: int, C: int, dtype: str) -> tuple[torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
-    dt = getattr(torch, dtype)
-    x = torch.randn(N, C, device="cuda", dtype=dt)
-    t = torch.randint(0, C, (N,), device="cuda")
+    return torch.randn(N, C, device="cuda", dtype=getattr(torch, dtype)), torch.randint(0, C, (N,), device="cuda")
+
+
+def _kernel(x: torch.Tensor, t: torch.Tensor):
+    return torch.ops.fusedmlp.cross_entropy_fwd(x, t, None, -100, 0.0, None, True)
+
+
+def main(N: int = 8192, C: int = 32000, dtype: str = "bfloat16") -> dict:
+    x, t = _inputs(N, C, dtype)
     logits_bytes = x.numel() * x.element_size()
     copy_dst = torch.empty_like(x)
-    one = torch.ones(1, device="cuda", dtype=dt)
+    one = torch.ones(1, device="cuda", dtype=x.dtype)
     xr = x.clone().requires_grad_()
 
     def step(fn):
@@ -42,9 +48,7 @@ def main(N: int = 8192, C: int = 32000, dtype: str = "bfloat16") -> dict:
 
     times = {
         "copy (read + write the logits' bytes)": do_bench(lambda: copy_dst.copy_(x)),
-        "cuda kernel alone (cross_entropy_fwd, loss + grad)": do_bench(
-            lambda: torch.ops.fusedmlp.cross_entropy_fwd(x, t, None, -100, 0.0, None, True)
-        ),
+        "cuda kernel alone (cross_entropy_fwd, loss + grad)": do_bench(lambda: _kernel(x, t)),
         "cuda backward's scale kernel (scale 1: exits)": do_bench(
             lambda: torch.ops.fusedmlp.scale_grad_unless_one_(copy_dst, one)
         ),
@@ -61,10 +65,9 @@ def main(N: int = 8192, C: int = 32000, dtype: str = "bfloat16") -> dict:
 
 
 def kernel_only(N: int, C: int, dtype: str) -> None:
-    x = torch.randn(N, C, device="cuda", dtype=getattr(torch, dtype))
-    t = torch.randint(0, C, (N,), device="cuda")
+    x, t = _inputs(N, C, dtype)
     for _ in range(3):
-        torch.ops.fusedmlp.cross_entropy_fwd(x, t, None, -100, 0.0, None, True)
+        _kernel(x, t)
     torch.cuda.synchronize()
 
 
