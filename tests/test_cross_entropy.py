@@ -622,7 +622,9 @@ def test_wide_rows_on_gpu(backend, device, N, C, dtype, misaligned, kind):
         t[3] = C - 1
     w = (torch.rand(C, device=device) + 0.5).to(dtype)
     tol = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 2e-2}[dtype]
-    for weight, smoothing in ((None, 0.0), (w, 0.1)):
+    # Class-index targets without smoothing take the CUDA resident kernel's hard-target path,
+    # with and without a weight.
+    for weight, smoothing in ((None, 0.0), (w, 0.0), (w, 0.1)):
         xr = x.detach().clone().requires_grad_()
         loss = cross_entropy(xr, t, weight, reduction="none", label_smoothing=smoothing, backend=backend)
         g_out = torch.rand(N, device=device, dtype=dtype)
@@ -634,6 +636,9 @@ def test_wide_rows_on_gpu(backend, device, N, C, dtype, misaligned, kind):
         (g64,) = torch.autograd.grad(ref, x64, g_out.double())
         torch.testing.assert_close(loss.double(), ref.detach(), rtol=tol, atol=tol)
         torch.testing.assert_close(g.double(), g64, rtol=tol, atol=tol * 1e-2)
+        with torch.no_grad():  # the loss alone: the kernels skip the gradient
+            loss_only = cross_entropy(x, t, weight, reduction="none", label_smoothing=smoothing, backend=backend)
+        torch.testing.assert_close(loss_only.double(), ref.detach(), rtol=tol, atol=tol)
         inplace = x.detach().clone().contiguous().requires_grad_()
         loss_inplace = cross_entropy(
             inplace, t, weight, reduction="none", label_smoothing=smoothing, backend=backend, inplace_backward=True

@@ -24,9 +24,13 @@
 #include <c10/macros/Macros.h>
 #include <torch/library.h>
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include <fusedmlp/cross_entropy.h>
 #include <fusedmlp/cuda_utils.cuh>
@@ -82,10 +86,25 @@ __device__ __forceinline__ MaxSum<acc_t> reduce_max_sum(MaxSum<acc_t> v, MaxSum<
   return v;
 }
 
-template <int ROW_THREADS, typename acc_t>
-__device__ __forceinline__ acc_t reduce_sum(acc_t v, acc_t* smem) {
+struct AddOp {
+  template <typename T>
+  __device__ __forceinline__ T operator()(T a, T b) const {
+    return a + b;
+  }
+};
+
+// Skips NaN as `x > m ? x : m` does (the values reduced here never hold one).
+struct MaxOp {
+  template <typename T>
+  __device__ __forceinline__ T operator()(T a, T b) const {
+    return b > a ? b : a;
+  }
+};
+
+template <int ROW_THREADS, typename acc_t, typename Op>
+__device__ __forceinline__ acc_t reduce_row(acc_t v, acc_t* smem, Op op) {
   if constexpr (ROW_THREADS > 1) {
-    for (int offset = kWarp / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    for (int offset = kWarp / 2; offset > 0; offset /= 2) v = op(v, __shfl_xor_sync(0xffffffffu, v, offset));
   }
   if constexpr (ROW_THREADS > kWarp) {
     const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
@@ -93,9 +112,14 @@ __device__ __forceinline__ acc_t reduce_sum(acc_t v, acc_t* smem) {
     if (lane == 0) smem[warp] = v;
     __syncthreads();
     v = smem[0];
-    for (int w = 1; w < ROW_THREADS / kWarp; ++w) v += smem[w];
+    for (int w = 1; w < ROW_THREADS / kWarp; ++w) v = op(v, smem[w]);
   }
   return v;
+}
+
+template <int ROW_THREADS, typename acc_t>
+__device__ __forceinline__ acc_t reduce_sum(acc_t v, acc_t* smem) {
+  return reduce_row<ROW_THREADS>(v, smem, AddOp{});
 }
 
 template <typename scalar_t, typename acc_t>
@@ -283,10 +307,80 @@ __global__ void cross_entropy_fwd_kernel(CrossEntropyArgs<scalar_t, at::opmath_t
 // twice with scalar loads; at 4096 x 8192 fp32 on the H200 it, with the backward multiply,
 // ran at 0.73x eager.) Needs C a multiple of the vector width and 16-byte aligned logits and
 // gradient rows (resident_row_threads checks).
+//
+// HARD_TARGETS: class-index targets without label smoothing (F.cross_entropy's default, and
+// issue 3's benchmark). Every column's coefficient a_j is then 0 except the target's, so the
+// kernel needs no coefficient sums, no dot product and no per-column target test: pass 2 is
+// exp, multiply, store, and the thread that stored the target's column rewrites that one
+// element afterwards. Its exponentials run on the multi-function unit (unit_exp), and it asks
+// for two blocks of 512 threads per SM (at most 64 registers a thread, no spills): on the H200
+// the general instantiation below, at one 512-thread block per SM, ran at 25% of copy
+// bandwidth at 8192 x 32000 bf16, each SM loading, then computing, then storing one row at a
+// time. Two resident rows let one block's loads overlap the other's arithmetic.
 constexpr int kResidentVecs = 8;
 
-template <typename scalar_t, int ROW_THREADS>
-__global__ void __launch_bounds__(ROW_THREADS, 1)
+// exp for the hard-target resident path. float: ex2.approx.ftz of x * log2(e), one FMUL and
+// one MUFU.EX2 (about 2 ulp, plus the rounding of x * log2(e): under 1e-6 relative for the
+// |x - max| < 20 that carry the sum). torch's accurate expf takes about four times the
+// instructions, and at two exponentials per logit they bound the kernel; without .ftz, ptxas
+// wraps every MUFU.EX2 in three instructions that keep results below 2^-126 subnormal, values
+// that no loss or gradient here can show. -inf gives 0 and NaN stays NaN, as exp. double
+// (float64 logits) keeps the accurate exp.
+template <typename acc_t>
+__device__ __forceinline__ acc_t unit_exp(acc_t x) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x * 1.4426950408889634f));
+    return y;
+  } else {
+    return ::exp(x);
+  }
+}
+
+// CUDA's packed pair of a 16-bit type.
+template <typename scalar_t>
+struct Packed2;
+template <>
+struct Packed2<c10::Half> {
+  using type = __half2;
+};
+template <>
+struct Packed2<c10::BFloat16> {
+  using type = __nv_bfloat162;
+};
+
+// max(m, the vector's elements), skipping NaN as `x > m ? x : m` does. 16-bit types take the
+// max of pairs in their own format first (HMNMX2, which also returns the non-NaN input): half
+// the instructions, and no widened float copy of the row for ptxas to keep alive into the sum
+// loop (with one, the bf16 hard-target kernel spilled at 64 registers on sm_90).
+template <typename scalar_t, int N>
+__device__ __forceinline__ at::opmath_type<scalar_t> vector_max(const AlignedVector<scalar_t, N>& v,
+                                                                 at::opmath_type<scalar_t> m) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if constexpr (kIsReducedFloat<scalar_t>) {
+    using pair_t = typename Packed2<scalar_t>::type;
+    const pair_t* pairs = reinterpret_cast<const pair_t*>(v.val);
+    pair_t r = pairs[0];
+#pragma unroll
+    for (int i = 1; i < N / 2; ++i) r = __hmax2(r, pairs[i]);
+    const acc_t lo = __low2float(r), hi = __high2float(r);
+    m = lo > m ? lo : m;
+    return hi > m ? hi : m;
+  } else {
+#pragma unroll
+    for (int e = 0; e < N; ++e) m = v.val[e] > m ? v.val[e] : m;
+    return m;
+  }
+}
+
+// Float64 keeps one block per SM: its accurate exp needs more than 64 registers a thread.
+template <typename scalar_t, int ROW_THREADS, bool HARD_TARGETS>
+constexpr int resident_min_blocks() {
+  return HARD_TARGETS && !std::is_same_v<scalar_t, double> ? 1024 / ROW_THREADS : 1;
+}
+
+template <typename scalar_t, int ROW_THREADS, bool HARD_TARGETS>
+__global__ void __launch_bounds__(ROW_THREADS, (resident_min_blocks<scalar_t, ROW_THREADS, HARD_TARGETS>()))
     cross_entropy_resident_row_kernel(CrossEntropyArgs<scalar_t, at::opmath_type<scalar_t>> p) {
   using acc_t = at::opmath_type<scalar_t>;
   constexpr int kVec = 16 / sizeof(scalar_t);
@@ -297,45 +391,57 @@ __global__ void __launch_bounds__(ROW_THREADS, 1)
   const int64_t row = blockIdx.x;
   const scalar_t* x_row = p.logits + row * p.C;
   const scalar_t* q_row = p.prob != nullptr ? p.prob + row * p.C : nullptr;
-  const int64_t vecs = p.C / kVec;
+  // Column indices within the row fit 32 bits (at most kResidentMaxThreads * kResidentVecs
+  // vectors): 64-bit ones cost the hard-target path registers it does not have.
+  const int vecs = static_cast<int>(p.C / kVec);
   // Vector v of this thread holds columns [(v * ROW_THREADS + threadIdx.x) * kVec, + kVec):
   // consecutive threads read consecutive 16 bytes.
   Vec xv[kResidentVecs];
 #pragma unroll
   for (int v = 0; v < kResidentVecs; ++v) {
-    const int64_t i = static_cast<int64_t>(v) * ROW_THREADS + threadIdx.x;
+    const int i = v * ROW_THREADS + static_cast<int>(threadIdx.x);
     if (i < vecs) xv[v] = reinterpret_cast<const Vec*>(x_row)[i];
   }
 
-  // Pass 1 on registers: this thread's max, then its sum of exp(x - max) (an element equal to
-  // the max adds exactly 1, -inf adds 0, NaN makes the sum NaN, as the online update above),
-  // merged across the block like the online partials.
+  // Pass 1 on registers: this thread's max, then its sum of exp(x - max) (-inf adds 0, NaN
+  // makes the sum NaN, as the online update above, and the max adds exactly 1), merged across
+  // the block like the online partials.
   const RowConstants<acc_t> k = row_constants(p);
   acc_t m = neg_inf, s = 0, coef = 0;
 #pragma unroll
   for (int v = 0; v < kResidentVecs; ++v) {
-    if (static_cast<int64_t>(v) * ROW_THREADS + threadIdx.x < vecs) {
-#pragma unroll
-      for (int e = 0; e < kVec; ++e) {
-        const acc_t x = static_cast<acc_t>(xv[v].val[e]);
-        m = x > m ? x : m;
-      }
-    }
+    if (v * ROW_THREADS + static_cast<int>(threadIdx.x) < vecs) m = vector_max(xv[v], m);
   }
+  // The hard-target path takes the row's max before any exponential, so the block reduces a
+  // max and then a plain sum, where merging (max, sum) partials costs two exponentials per
+  // step, for every thread at the shared-memory step (about a quarter of the kernel's
+  // instructions at 512 threads). A row of only -inf sums relative to 0, so its -inf columns
+  // add exp(-inf) = 0, not exp(-inf - -inf) = NaN.
+  if constexpr (HARD_TARGETS) m = reduce_row<ROW_THREADS>(m, smem_sum, MaxOp{});
+  const acc_t base = m == neg_inf ? acc_t(0) : m;
 #pragma unroll
   for (int v = 0; v < kResidentVecs; ++v) {
-    const int64_t i = static_cast<int64_t>(v) * ROW_THREADS + threadIdx.x;
+    const int i = v * ROW_THREADS + static_cast<int>(threadIdx.x);
     if (i < vecs) {
 #pragma unroll
       for (int e = 0; e < kVec; ++e) {
         const acc_t x = static_cast<acc_t>(xv[v].val[e]);
-        if (x != neg_inf) s += x == m ? acc_t(1) : ::exp(x - m);
-        coef += pass1_coefficient(p, k, q_row, i * kVec + e);
+        if constexpr (HARD_TARGETS) {
+          s += unit_exp(x - base);
+        } else {
+          if (x != neg_inf) s += x == m ? acc_t(1) : ::exp(x - m);
+          coef += pass1_coefficient(p, k, q_row, static_cast<int64_t>(i) * kVec + e);
+        }
       }
     }
   }
-  const MaxSum<acc_t> ms = reduce_max_sum<ROW_THREADS>(MaxSum<acc_t>{m, s}, smem_ms);
-  const RowStats<acc_t> st{ms.m, ms.s, reduce_sum<ROW_THREADS>(coef, smem_sum)};
+  RowStats<acc_t> st;
+  if constexpr (HARD_TARGETS) {
+    st = {m, reduce_sum<ROW_THREADS>(s, smem_sum), acc_t(0)};
+  } else {
+    const MaxSum<acc_t> ms = reduce_max_sum<ROW_THREADS>(MaxSum<acc_t>{m, s}, smem_ms);
+    st = {ms.m, ms.s, reduce_sum<ROW_THREADS>(coef, smem_sum)};
+  }
 
   const RowTarget<acc_t> tg = row_target(p, row);
   const acc_t x_t = tg.valid && q_row == nullptr ? static_cast<acc_t>(x_row[tg.t]) : acc_t(0);
@@ -346,22 +452,31 @@ __global__ void __launch_bounds__(ROW_THREADS, 1)
 
   // Pass 2 on registers: the gradient, one vector store per vector, and sum_j a_j (x_j - m).
   scalar_t* g_row = p.grad != nullptr ? p.grad + row * p.C : nullptr;
-  const bool need_dot = q_row != nullptr || k.smooth;
+  const bool need_dot = !HARD_TARGETS && (q_row != nullptr || k.smooth);
   acc_t dot = 0;
   if (g_row != nullptr || need_dot) {
 #pragma unroll
     for (int v = 0; v < kResidentVecs; ++v) {
-      const int64_t i = static_cast<int64_t>(v) * ROW_THREADS + threadIdx.x;
+      const int i = v * ROW_THREADS + static_cast<int>(threadIdx.x);
       if (i < vecs) {
         Vec gv;
 #pragma unroll
         for (int e = 0; e < kVec; ++e) {
           const acc_t x = static_cast<acc_t>(xv[v].val[e]);
-          const acc_t a = column_coefficient(p, k, tg, q_row, i * kVec + e, x, st.m, dot);
-          if (g_row != nullptr) gv.val[e] = static_cast<scalar_t>(gradient_element(k, tg, x, st.m, c1, a));
+          if constexpr (HARD_TARGETS) {
+            gv.val[e] = static_cast<scalar_t>(unit_exp(x - st.m) * c1);
+          } else {
+            const acc_t a = column_coefficient(p, k, tg, q_row, static_cast<int64_t>(i) * kVec + e, x, st.m, dot);
+            if (g_row != nullptr) gv.val[e] = static_cast<scalar_t>(gradient_element(k, tg, x, st.m, c1, a));
+          }
         }
         if (g_row != nullptr) reinterpret_cast<Vec*>(g_row)[i] = gv;
       }
+    }
+    // Hard targets: the target's column, exp(x_t - m) c1 - a_t scale, by the thread whose
+    // vector store wrote it (program order puts this store after that one).
+    if (HARD_TARGETS && tg.valid && threadIdx.x == (tg.t / kVec) % ROW_THREADS) {
+      g_row[tg.t] = static_cast<scalar_t>(unit_exp(x_t - st.m) * c1 - k.keep * tg.w_t * k.scale);
     }
   }
   if (need_dot) dot = reduce_sum<ROW_THREADS>(dot, smem_sum);
@@ -387,8 +502,12 @@ int resident_row_threads(const CrossEntropyArgs<scalar_t, at::opmath_type<scalar
 
 template <typename scalar_t, int ROW_THREADS>
 void launch_resident_rows(const CrossEntropyArgs<scalar_t, at::opmath_type<scalar_t>>& args, cudaStream_t stream) {
-  cross_entropy_resident_row_kernel<scalar_t, ROW_THREADS>
-      <<<static_cast<unsigned>(args.N), ROW_THREADS, 0, stream>>>(args);
+  const auto grid = static_cast<unsigned>(args.N);
+  if (args.prob == nullptr && args.smoothing == 0) {
+    cross_entropy_resident_row_kernel<scalar_t, ROW_THREADS, true><<<grid, ROW_THREADS, 0, stream>>>(args);
+  } else {
+    cross_entropy_resident_row_kernel<scalar_t, ROW_THREADS, false><<<grid, ROW_THREADS, 0, stream>>>(args);
+  }
 }
 
 // Few, very wide rows: each row split into column ranges of split_c, one block per (range,
