@@ -79,8 +79,11 @@ PROGRAMS_PER_SM = 2
 # exercises both the per-program accumulation and the cross-program reduction.
 INTERPRET_PROGRAMS = 3
 # Each interpreted program costs milliseconds of Python: 4096 still splits a 128 x 128 weight
-# gradient into several blocks.
-REDUCE_BLOCK = 4096 if INTERPRET else 1024
+# gradient into several blocks. The reduction holds REDUCE_GROUPS x REDUCE_BLOCK partial sums
+# (16 per thread at 4 warps); under the interpreter 2 groups over its 3 programs' slices still
+# take a second, masked step.
+REDUCE_BLOCK = 4096 if INTERPRET else 256
+REDUCE_GROUPS = 2 if INTERPRET else 8
 
 # Forward (BLOCK_M, num_warps) and backward (BLOCK_M, num_warps, DW_CHUNK, PROP_CHUNK) per
 # dtype family and padded width. fp16/bf16 dots run on tensor cores; fp32 ("ieee", no TF32)
@@ -371,10 +374,15 @@ def _mlp_grad_reduce_kernel(
     ws_stride,
     ACC_DTYPE: tl.constexpr,
     BLOCK: tl.constexpr,
+    GROUPS: tl.constexpr,
 ):
     # Grid (blocks, 2 x layers): axis 1 picks (layer, dW or db); each program sums one block
-    # of that gradient over the num_partials workspace slices in slice order (deterministic)
-    # and writes it in the parameter dtype. Gradients not wanted have numel 0 in the table.
+    # of that gradient over the num_partials workspace slices and writes it in the parameter
+    # dtype. Gradients not wanted have numel 0 in the table. Row g of the [GROUPS, BLOCK]
+    # accumulator sums slices g, g + GROUPS, ..., and the rows are then summed: a fixed order
+    # (deterministic) with GROUPS slices in flight per step, where one slice per step made a
+    # chain of num_partials (264 on an H200) dependent steps in the few programs a narrow
+    # network's gradients fill.
     block = tl.program_id(0).to(tl.int64)
     which = tl.program_id(1)
     entry = table_ptr + (which // 2) * TABLE_STRIDE
@@ -383,11 +391,17 @@ def _mlp_grad_reduce_kernel(
     offs = block * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     mask = offs < numel
     src = ws_ptr + tl.load(entry + 8) + is_bias * tl.load(entry + 2) * tl.load(entry + 3) + offs
-    acc = tl.zeros((BLOCK,), dtype=ACC_DTYPE)
-    for p in range(0, num_partials):
-        acc += tl.load(src + p * ws_stride, mask=mask, other=0.0)
+    groups = tl.arange(0, GROUPS)
+    acc = tl.zeros((GROUPS, BLOCK), dtype=ACC_DTYPE)
+    for first in range(0, num_partials, GROUPS):
+        slices = first + groups
+        acc += tl.load(
+            src[None, :] + slices.to(tl.int64)[:, None] * ws_stride,
+            mask=(slices < num_partials)[:, None] & mask[None, :],
+            other=0.0,
+        )
     dst = tl.load(entry + 6 + is_bias).to(tl.pointer_type(grad_probe_ptr.dtype.element_ty))
-    tl.store(dst + offs, acc.to(grad_probe_ptr.dtype.element_ty), mask=mask)
+    tl.store(dst + offs, tl.sum(acc, axis=0).to(grad_probe_ptr.dtype.element_ty), mask=mask)
 
 
 KERNELS = {
@@ -648,6 +662,7 @@ def mlp_bwd_triton(
                 ws_stride,
                 ACC_DTYPE=acc_dtype(input.dtype),
                 BLOCK=REDUCE_BLOCK,
+                GROUPS=REDUCE_GROUPS,
                 num_warps=4,
             )
     return grad_input, grad_weights, grad_biases
@@ -708,4 +723,6 @@ def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
                     for variant, flags in _AOT_VARIANTS[kernel].items():
                         if variant == "full" or width == MAX_WIDTH:
                             yield _aot_spec(kernel, dtype, variant, flags, config, num_warps, archs)
-        yield _aot_spec("_mlp_grad_reduce_kernel", dtype, "sum", {}, {"BLOCK": 1024}, 4)
+        yield _aot_spec(
+            "_mlp_grad_reduce_kernel", dtype, "sum", {}, {"BLOCK": REDUCE_BLOCK, "GROUPS": REDUCE_GROUPS}, 4
+        )

@@ -21,12 +21,12 @@
 // Forward: one block per batch tile; per layer out = act(in @ W^T + b) in the accumulator
 // dtype, bias added in the epilogue, ReLU on hidden layers, one rounding.
 //
-// Backward: a persistent grid of P = min(tiles, SMs x min(2, resident blocks per SM)) blocks,
+// Backward: a persistent grid of P = min(tiles, SMs x min(4, resident blocks per SM)) blocks,
 // which depends only on the batch size and the device. Block p walks tiles p, p + P, ... and,
 // for every layer whose gradient is wanted, accumulates its partial dW / db in its own slice
 // of a workspace in the accumulator dtype ([P, sum over wanted layers of W * W + W]: plain
 // loads and stores to memory only it touches, no atomics). A second kernel adds the P
-// partials in block order and rounds once to the parameter dtype, so the result is bitwise
+// partials in a fixed order and rounds once to the parameter dtype, so the result is bitwise
 // the same run to run. Per tile and layer: db += column sums of the gradient tile G,
 // dW += G^T @ In, then G = mask(round(G @ W)) for the layer below, where mask is
 // threshold_backward's rule (a gradient passes where NOT (activation <= 0), so a NaN
@@ -71,9 +71,16 @@ constexpr size_t kSmemReservedPerBlock = 1024;
 constexpr int min_blocks_per_sm(size_t smem_bytes) {
   return static_cast<int>(std::clamp<size_t>(kSmemPerSm / (smem_bytes + kSmemReservedPerBlock), 1, 4));
 }
-// The backward's persistent grid holds at most this many blocks per SM.
-constexpr int64_t kMaxBwdBlocksPerSm = 2;
-constexpr int kReduceThreads = 256;
+// The backward's persistent grid holds at most this many blocks per SM: as many as the launch
+// bounds aim for. A tile's work between barriers is small at these widths (a 64 x 32 x 32 fp32
+// product is 512 FMAs a thread), so the backward wants every warp an SM can hold, as the
+// forward (one block per tile) gets; at 2 per SM it ran with half of them wherever four fit.
+// The workspace and the reduction grow with the grid: at most 70 MB of fp32 partials (eight
+// 64-wide layers, 4 x 132 SMs); 128-wide tiles fit at most two blocks per SM anyway.
+constexpr int64_t kMaxBwdBlocksPerSm = 4;
+// The gradient reduction's block: kReduceCols elements x kReduceGroups groups of partials.
+constexpr int kReduceCols = 32;
+constexpr int kReduceGroups = 8;
 
 constexpr size_t align_smem(size_t bytes) {
   return (bytes + 127) / 128 * 128;
@@ -607,20 +614,37 @@ __global__ void __launch_bounds__(kThreads, (MlpTile<scalar_t, W>::kBwdMinBlocks
   }
 }
 
-// grad[j][e] = sum over blocks p (in order) of partial_p[j][e], rounded once to the dtype.
+// grad[j][e] = the P partials of element e of gradient j (one per backward block), summed in a
+// fixed order and rounded once to the dtype. Block (kReduceCols, kReduceGroups): threadIdx.x
+// walks consecutive elements (coalesced loads), threadIdx.y = g sums partials g, g + G, g + 2G,
+// ...; the G sums are then added in the order g = 0, 1, ... through shared memory. The order is
+// the same every run (deterministic), and each thread's chain of dependent loads is P / G long,
+// where one thread per element summing all P partials was a chain of P (256 at 2-30-20-2 on
+// 2^14 rows on an H200) in the few blocks a narrow network's gradients fill (752 elements: 3).
 template <typename scalar_t>
-__global__ void __launch_bounds__(kReduceThreads) mlp_grad_reduce_kernel(const MlpGradReduceArgs<scalar_t> args) {
+__global__ void __launch_bounds__(kReduceCols* kReduceGroups)
+    mlp_grad_reduce_kernel(const MlpGradReduceArgs<scalar_t> args) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * kReduceThreads + threadIdx.x;
-  if (idx >= args.begin[args.count]) return;
+  __shared__ acc_t group_sums[kReduceGroups][kReduceCols];
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * kReduceCols + threadIdx.x;
+  const bool active = idx < args.begin[args.count];
   int j = 0;
-  while (idx >= args.begin[j + 1]) ++j;
-  const int64_t local = idx - args.begin[j];
-  const int64_t r = local / args.cols[j], c = local % args.cols[j];
-  const acc_t* src = args.workspace + args.slot[j] + r * args.tile_width + c;
+  int64_t local = 0;
   acc_t sum = acc_t(0);
-  for (int p = 0; p < args.partials; ++p) sum += src[p * args.workspace_stride];
-  args.dst[j][local] = static_cast<scalar_t>(sum);
+  if (active) {
+    while (idx >= args.begin[j + 1]) ++j;
+    local = idx - args.begin[j];
+    const int64_t r = local / args.cols[j], c = local % args.cols[j];
+    const acc_t* src = args.workspace + args.slot[j] + r * args.tile_width + c;
+    for (int p = threadIdx.y; p < args.partials; p += kReduceGroups) sum += src[p * args.workspace_stride];
+  }
+  group_sums[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y != 0 || !active) return;
+  acc_t total = group_sums[0][threadIdx.x];
+#pragma unroll
+  for (int g = 1; g < kReduceGroups; ++g) total += group_sums[g][threadIdx.x];
+  args.dst[j][local] = static_cast<scalar_t>(total);
 }
 
 // ---------------------------------------------------------------------------
@@ -809,8 +833,8 @@ void launch_mlp_bwd(MlpBwdArgs<scalar_t>& args, const std::vector<at::Tensor>& w
   reduce.partials = static_cast<int32_t>(blocks);
   reduce.tile_width = W;
   const int64_t total = reduce.begin[reduce.count];
-  mlp_grad_reduce_kernel<scalar_t>
-      <<<static_cast<unsigned int>(ceil_div(total, kReduceThreads)), kReduceThreads, 0, stream>>>(reduce);
+  mlp_grad_reduce_kernel<scalar_t><<<static_cast<unsigned int>(ceil_div(total, kReduceCols)),
+                                     dim3(kReduceCols, kReduceGroups), 0, stream>>>(reduce);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
