@@ -5,8 +5,9 @@
 # small case when available), measures the copy-bandwidth and cuBLAS-GEMM ceilings, runs the
 # benchmark, and writes everything (logs, reports, results) to $OUT.
 #
-# Stages (build tests sanitize ceilings ce_probe ce_ncu bench) run in the order given (default:
-# all but ce_probe and ce_ncu), e.g. for one call of under 10 minutes, numbers first:
+# Stages (build tests sanitize ceilings ce_probe ce_ncu mlp_probe mlp_ncu host_probe bench) run in
+# the order given (default: all but the probes and ncu stages), e.g. for one call of under 10
+# minutes, numbers first:
 #   OUT=o DEADLINE=540 bash bench/gpu_check.sh build ceilings bench tests sanitize
 # DEADLINE (seconds from the start) bounds every stage's timeout, so the kit ends in time to pack
 # what it wrote; a stage that would start with under 20 s left is skipped and says so.
@@ -92,15 +93,45 @@ stage_ce_probe() {
   cat "$OUT/ce_probe.json" >> "$OUT/summary.txt"
 }
 
+# ncu NAME SECONDS KERNEL_REGEX LAUNCHES SECTIONS PROGRAM...: Nsight Compute's SECTIONS (space
+# separated) for the first LAUNCHES kernels matching KERNEL_REGEX that PROGRAM launches, into
+# $OUT/NAME.txt (ncu reads the counters on the H200's Firecracker machines; clocks left alone,
+# as the device notes ask).
+ncu_stage() {
+  local name=$1 seconds=$2 kernels=$3 launches=$4 sections=() section
+  for section in $5; do sections+=(--section "$section"); done
+  shift 5
+  if ! command -v ncu > /dev/null; then step "ncu not found: $name skipped"; return; fi
+  timeout "$(limit "$seconds")" ncu --clock-control none --kernel-name "regex:$kernels" --launch-count "$launches" \
+    "${sections[@]}" "$@" > "$OUT/$name.txt" 2>&1
+  echo "$name exit $?" | tee -a "$OUT/summary.txt"
+}
+
 stage_ce_ncu() {
-  # Hardware counters of the CUDA cross-entropy kernel at issue 3's shape (ncu reads them on the
-  # H200's Firecracker machines; clocks left alone, as the device notes ask).
-  if ! command -v ncu > /dev/null; then step "ncu not found: ce_ncu skipped"; return; fi
-  step "ncu: the CUDA cross-entropy kernel (speed of light, occupancy, memory)"
-  timeout "$(limit 120)" ncu --clock-control none --kernel-name regex:cross_entropy --launch-count 1 \
-    --section SpeedOfLight --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
-    $PY bench/gpu_ce_probe.py --kernel-only > "$OUT/ce_ncu.txt" 2>&1
-  echo "ncu exit $?" | tee -a "$OUT/summary.txt"
+  step "ncu: the CUDA cross-entropy kernel at issue 3's shape (speed of light, occupancy, memory)"
+  ncu_stage ce_ncu 120 cross_entropy 1 "SpeedOfLight Occupancy LaunchStats MemoryWorkloadAnalysis" \
+    $PY bench/gpu_ce_probe.py --kernel-only
+}
+
+stage_mlp_probe() {
+  step "fused MLP probe: forward and backward kernels alone, eager's forward and backward"
+  timeout "$(limit 120)" $PY bench/gpu_mlp_probe.py > "$OUT/mlp_probe.json" 2>> "$OUT/summary.txt"
+  cat "$OUT/mlp_probe.json" >> "$OUT/summary.txt"
+}
+
+stage_mlp_ncu() {
+  # Issue 7's largest case: occupancy, issue and memory, and where warps stall, for the forward,
+  # backward and gradient-reduction kernels.
+  step "ncu: the fused MLP kernels at 64x4, 2^20 rows"
+  ncu_stage mlp_ncu 150 'mlp_(fwd|bwd|grad_reduce)_kernel' 3 \
+    "SpeedOfLight Occupancy LaunchStats ComputeWorkloadAnalysis WarpStateStats" $PY bench/gpu_mlp_probe.py --kernel-only
+}
+
+stage_host_probe() {
+  step "host probe: the smallest training step's wall time and Python profile per provider"
+  timeout "$(limit 120)" $PY bench/gpu_host_probe.py > "$OUT/host_probe.txt" 2>&1
+  echo "host probe exit $?" | tee -a "$OUT/summary.txt"
+  grep "^== " "$OUT/host_probe.txt" | tee -a "$OUT/summary.txt"
 }
 
 stage_ceilings() {
@@ -121,8 +152,10 @@ step "environment"
 
 for stage in $STAGES; do
   case $stage in
-    build | tests | sanitize | ceilings | ce_probe | ce_ncu | bench) enough_time "$stage" && "stage_$stage" ;;
-    *) step "unknown stage $stage (build tests sanitize ceilings ce_probe ce_ncu bench)"; exit 2 ;;
+    build | tests | sanitize | ceilings | ce_probe | ce_ncu | mlp_probe | mlp_ncu | host_probe | bench)
+      enough_time "$stage" && "stage_$stage" ;;
+    *) step "unknown stage $stage (build tests sanitize ceilings ce_probe ce_ncu mlp_probe mlp_ncu host_probe bench)"
+       exit 2 ;;
   esac
 done
 step "done"

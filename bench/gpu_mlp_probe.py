@@ -1,0 +1,114 @@
+"""Where the fused MLP's training step spends its GPU time (issue 7), per benchmark network at its
+benchmark batch: the whole-network forward kernel alone, the whole-network backward (kernel plus
+the gradient-reduction kernel) alone, and eager PyTorch's forward and forward+backward of the same
+nn.Sequential, each timed by triton.testing.do_bench (L2 flushed, medians), fp32 with TF32 off as
+in the benchmark. Rates against the floors: FLOPs of the matrix products, and the bytes the fused
+kernels must move (forward: read the input, write every layer's output; backward: read the
+gradient, the input and the hidden activations). Prints JSON.
+
+    python bench/gpu_mlp_probe.py [--kernel-only]
+
+--kernel-only launches the forward and backward kernels of the 64x4 network at 2^20 rows a few
+times and times nothing: the program the kit's `mlp_ncu` stage runs under Nsight Compute.
+"""
+
+import argparse
+import json
+
+import torch
+from triton.testing import do_bench
+
+import fusedmlp  # noqa: F401  (registers torch.ops.fusedmlp)
+from fusedmlp.bench.mlp import GPU_CASES_QUICK, _sequential
+
+DEVICE = "cuda"  # a CPU dry run of the script's plumbing sets "cpu"
+
+
+def _network(widths, batch: int):
+    torch.manual_seed(0)
+    model = _sequential(widths).to(DEVICE)
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    weights = [m.weight.detach() for m in linears]
+    biases = [m.bias.detach() for m in linears]
+    x = torch.randn(batch, widths[0], device=DEVICE)
+    return model, weights, biases, x
+
+
+def _fused_calls(weights, biases, x):
+    out, acts = torch.ops.fusedmlp.mlp_fwd(x, weights, biases)
+    grad = torch.randn_like(out)
+    wanted = [True] * len(weights)
+
+    def forward():
+        return torch.ops.fusedmlp.mlp_fwd(x, weights, biases)
+
+    def backward():
+        # The training step's backward: no gradient for the data, all parameter gradients.
+        return torch.ops.fusedmlp.mlp_bwd(grad, x, weights, acts, False, wanted, wanted)
+
+    return forward, backward
+
+
+def _floors(widths, batch: int) -> dict:
+    pairs = list(zip(widths[:-1], widths[1:]))
+    macs = batch * sum(i * o for i, o in pairs)
+    # Backward: every layer's weight gradient, and the input gradient of every layer but the first.
+    bwd_macs = 2 * macs - batch * pairs[0][0] * pairs[0][1]
+    act_bytes = 4 * batch * sum(widths[1:-1])
+    return {
+        "fwd_flop": 2 * macs,
+        "bwd_flop": 2 * bwd_macs,
+        "fwd_bytes": 4 * batch * (widths[0] + widths[-1]) + act_bytes,
+        "bwd_bytes": 4 * batch * (widths[0] + widths[-1]) + act_bytes,
+    }
+
+
+def _probe_case(widths, batch: int) -> dict:
+    model, weights, biases, x = _network(widths, batch)
+    forward, backward = _fused_calls(weights, biases, x)
+
+    def eager_fwd_bwd():
+        model(x).sum().backward()
+
+    with torch.no_grad():
+        eager_fwd_ms = do_bench(lambda: model(x))
+    times = {
+        "fused forward (mlp_fwd)": do_bench(forward),
+        "fused backward (mlp_bwd + reduce)": do_bench(backward),
+        "eager forward": eager_fwd_ms,
+        "eager forward+backward (incl. sum)": do_bench(eager_fwd_bwd),
+    }
+    floors = _floors(widths, batch)
+    fwd_ms, bwd_ms = times["fused forward (mlp_fwd)"], times["fused backward (mlp_bwd + reduce)"]
+    return {
+        "ms": {k: round(v, 4) for k, v in times.items()},
+        "fused forward TFLOP/s": round(floors["fwd_flop"] / fwd_ms / 1e9, 2),
+        "fused backward TFLOP/s": round(floors["bwd_flop"] / bwd_ms / 1e9, 2),
+        "fused forward GB/s (floor bytes)": round(floors["fwd_bytes"] / fwd_ms / 1e6, 1),
+        "fused backward GB/s (floor bytes)": round(floors["bwd_bytes"] / bwd_ms / 1e6, 1),
+    }
+
+
+def main() -> dict:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return {name: _probe_case(widths, batch) for name, widths, batch in GPU_CASES_QUICK}
+
+
+def kernel_only() -> None:
+    _, widths, batch = GPU_CASES_QUICK[-1]
+    _, weights, biases, x = _network(widths, batch)
+    forward, backward = _fused_calls(weights, biases, x)
+    for _ in range(3):
+        forward()
+        backward()
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kernel-only", action="store_true")
+    if parser.parse_args().kernel_only:
+        kernel_only()
+    else:
+        print(json.dumps(main(), indent=1))
