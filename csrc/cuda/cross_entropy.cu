@@ -337,18 +337,6 @@ __device__ __forceinline__ acc_t unit_exp(acc_t x) {
   }
 }
 
-// CUDA's packed pair of a 16-bit type.
-template <typename scalar_t>
-struct Packed2;
-template <>
-struct Packed2<c10::Half> {
-  using type = __half2;
-};
-template <>
-struct Packed2<c10::BFloat16> {
-  using type = __nv_bfloat162;
-};
-
 // max(m, the vector's elements), skipping NaN as `x > m ? x : m` does. 16-bit types take the
 // max of pairs in their own format first (HMNMX2, which also returns the non-NaN input): half
 // the instructions, and no widened float copy of the row for ptxas to keep alive into the sum
@@ -358,7 +346,7 @@ __device__ __forceinline__ at::opmath_type<scalar_t> vector_max(const AlignedVec
                                                                  at::opmath_type<scalar_t> m) {
   using acc_t = at::opmath_type<scalar_t>;
   if constexpr (kIsReducedFloat<scalar_t>) {
-    using pair_t = typename Packed2<scalar_t>::type;
+    using pair_t = typename CudaReducedFloat<scalar_t>::pair;
     const pair_t* pairs = reinterpret_cast<const pair_t*>(v.val);
     pair_t r = pairs[0];
 #pragma unroll

@@ -354,7 +354,7 @@ __global__ void __launch_bounds__(TensorCoreConfig::kThreads)
 #else
   namespace wmma = nvcuda::wmma;
   using C = TensorCoreConfig;
-  using mma_t = typename WmmaElement<scalar_t>::type;
+  using mma_t = typename CudaReducedFloat<scalar_t>::type;
   __shared__ __align__(128) scalar_t a_tile[C::kBlockM][C::kBlockK + C::kPadAB];
   __shared__ __align__(128) scalar_t b_tile[C::kBlockK][C::kBlockN + C::kPadAB];
   // Accumulators go through shared memory so the epilogue knows each value's

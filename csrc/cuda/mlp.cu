@@ -398,7 +398,7 @@ template <typename scalar_t, int W, typename BLayout, typename Finish>
 __device__ __forceinline__ void warp_rows_product(scalar_t* tile, const scalar_t* b, float* stage, Finish finish,
                                                   scalar_t* dst, int64_t row0, int64_t rows, int cols) {
   namespace wmma = nvcuda::wmma;
-  using mma_t = typename WmmaElement<scalar_t>::type;
+  using mma_t = typename CudaReducedFloat<scalar_t>::type;
   constexpr int LD = MlpTile<scalar_t, W>::kLd;
   constexpr int RF = TensorCoreTile<W>::kRowFrags, CF = TensorCoreTile<W>::kColFrags;
   constexpr bool kBRowMajor = std::is_same_v<BLayout, wmma::row_major>;
@@ -446,7 +446,7 @@ __device__ __forceinline__ void warp_rows_product(scalar_t* tile, const scalar_t
 template <typename scalar_t, int W>
 __device__ void weight_grad_tensor_core(const scalar_t* grad, const scalar_t* in, float* partial, bool first) {
   namespace wmma = nvcuda::wmma;
-  using mma_t = typename WmmaElement<scalar_t>::type;
+  using mma_t = typename CudaReducedFloat<scalar_t>::type;
   constexpr int LD = MlpTile<scalar_t, W>::kLd, CF = TensorCoreTile<W>::kColFrags;
   const auto* g = reinterpret_cast<const mma_t*>(grad);
   const auto* x = reinterpret_cast<const mma_t*>(in);

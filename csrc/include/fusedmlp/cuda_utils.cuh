@@ -1,5 +1,5 @@
 #pragma once
-// Small pieces the CUDA kernels share (csrc/cuda/linear_relu.cu, mlp.cu).
+// Small pieces the CUDA kernels share (csrc/cuda/*.cu).
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
@@ -24,16 +24,19 @@ struct alignas(sizeof(T) * N) AlignedVector {
   T val[N];
 };
 
-// The CUDA type nvcuda::wmma takes for a reduced-precision ATen scalar type.
+// CUDA's own types for a reduced-precision ATen scalar type: `type`, the element nvcuda::wmma
+// takes, and `pair`, the packed two-element vector of the __hmax2-style intrinsics.
 template <typename T>
-struct WmmaElement;
+struct CudaReducedFloat;
 template <>
-struct WmmaElement<c10::Half> {
+struct CudaReducedFloat<c10::Half> {
   using type = __half;
+  using pair = __half2;
 };
 template <>
-struct WmmaElement<c10::BFloat16> {
+struct CudaReducedFloat<c10::BFloat16> {
   using type = __nv_bfloat16;
+  using pair = __nv_bfloat162;
 };
 
 }  // namespace fusedmlp
