@@ -166,9 +166,9 @@ def test_zero_rows(dtype):
 
 
 def _batch_with_several_tiles_per_block():
-    # The backward's persistent grid has 2 blocks per SM and tiles of at most 128 rows: this
-    # batch gives every block three tiles or more, the last one partial.
-    return 3 * 2 * torch.cuda.get_device_properties(0).multi_processor_count * 128 + 77
+    # The backward's persistent grid has at most 4 blocks per SM (kMaxBwdBlocksPerSm) and tiles
+    # of at most 128 rows: this batch gives every block three tiles or more, the last one partial.
+    return 3 * 4 * torch.cuda.get_device_properties(0).multi_processor_count * 128 + 77
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
