@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import acc_dtype, aot_spec, device_guard, sm_count
+from ._launch import acc_dtype, aot_spec, cdiv, device_guard, next_power_of_2, sm_count
 
 __all__ = [
     "cross_entropy_fwd_triton",
@@ -614,7 +614,7 @@ def _block_and_warps(C: int, dtype: torch.dtype) -> tuple[int, int]:
     the multi-chunk path is what the tests run."""
     if INTERPRET:
         return 32, 1
-    block = min(triton.next_power_of_2(max(C, 1)), _MAX_BLOCK_C[dtype])
+    block = min(next_power_of_2(max(C, 1)), _MAX_BLOCK_C[dtype])
     return block, max(1, min(8, block // 256))
 
 
@@ -641,7 +641,7 @@ def _resident_config(C: int, dtype: torch.dtype) -> Optional[tuple[int, int, int
     """(BLOCK_R, BLOCK_C, num_warps) when rows fit one program's registers, else None (the
     chunked kernel). Under the interpreter rows of up to 32 columns, four per program, so the
     CPU tests run both kernels and tiles with rows past the batch."""
-    block_c = triton.next_power_of_2(max(C, 1))
+    block_c = next_power_of_2(max(C, 1))
     if INTERPRET:
         return (4, block_c, 1) if C <= 32 else None
     if block_c > _RESIDENT_MAX_C[dtype]:
@@ -724,7 +724,7 @@ def scale_grad_unless_one_triton(grad: Tensor, scale: Tensor) -> None:
     if n == 0:
         return
     with device_guard(grad):
-        _scale_grad_unless_one_kernel[(triton.cdiv(n, SCALE_BLOCK),)](
+        _scale_grad_unless_one_kernel[(cdiv(n, SCALE_BLOCK),)](
             grad, scale, n, ACC_DTYPE=acc_dtype(grad.dtype), BLOCK=SCALE_BLOCK, num_warps=8
         )
 
@@ -787,7 +787,7 @@ def cross_entropy_fwd_triton(
         )
         if resident is not None:
             block_r, block_c, warps = resident
-            _cross_entropy_fwd_resident_kernel[(triton.cdiv(N, block_r),)](
+            _cross_entropy_fwd_resident_kernel[(cdiv(N, block_r),)](
                 *args, N, **flags, BLOCK_R=block_r, BLOCK_C=block_c, num_warps=warps
             )
         else:
@@ -809,8 +809,8 @@ def _split_columns(N: int, C: int, block: int, device: torch.device) -> Optional
     programs = 4 * sm_count(device) if device.type == "cuda" else 8
     if N >= programs:
         return None
-    splits = min(MAX_SPLITS, triton.cdiv(programs, N), triton.cdiv(C, block))
-    return triton.cdiv(triton.cdiv(C, splits), block) * block if splits > 1 else None
+    splits = min(MAX_SPLITS, cdiv(programs, N), cdiv(C, block))
+    return cdiv(cdiv(C, splits), block) * block if splits > 1 else None
 
 
 def _cross_entropy_split(
@@ -818,7 +818,7 @@ def _cross_entropy_split(
 ) -> Tensor:
     N, C = logits.shape
     prob = target.dim() == 2
-    splits = triton.cdiv(C, split_c)
+    splits = cdiv(C, split_c)
     acc = loss.dtype
     stats = torch.empty((N, splits, 3), dtype=acc, device=logits.device)
     dots = torch.empty((N, splits), dtype=acc, device=logits.device)

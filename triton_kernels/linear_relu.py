@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import acc_dtype, aot_spec, device_guard, sm_count
+from ._launch import acc_dtype, aot_spec, cdiv, device_guard, sm_count
 
 __all__ = [
     "linear_relu_fwd_triton",
@@ -760,8 +760,8 @@ def _tile_grid(rows: int, cols: int, row_block: str, col_block: Optional[str], s
     reduction), sized by the chosen config."""
 
     def grid(meta):
-        n = triton.cdiv(rows, meta[row_block])
-        return ((n * triton.cdiv(cols, meta[col_block]) if col_block else n) * splits,)
+        n = cdiv(rows, meta[row_block])
+        return ((n * cdiv(cols, meta[col_block]) if col_block else n) * splits,)
 
     return grid
 
@@ -815,7 +815,7 @@ def _dw_db_split_plan(
 ) -> tuple[int, int]:
     """(splits, rows_per_split) for the dw/db reduction over M rows; (1, M) means no split."""
     largest = _largest_dw_tile(dtype)
-    tiles = triton.cdiv(N, largest["BLOCK_N"]) * (triton.cdiv(K, largest["BLOCK_K"]) if compute_dw else 1)
+    tiles = cdiv(N, largest["BLOCK_N"]) * (cdiv(K, largest["BLOCK_K"]) if compute_dw else 1)
     sm_count = _sm_count(device)
     if tiles >= sm_count or M >= 2**31:
         # The grid already covers the GPU, or M is too long for the split kernel's int32 rows.
@@ -827,16 +827,16 @@ def _dw_db_split_plan(
     )
     if splits < 2:
         return 1, M
-    rows_per_split = triton.cdiv(triton.cdiv(M, splits), _SPLIT_ROW_QUANTUM) * _SPLIT_ROW_QUANTUM
+    rows_per_split = cdiv(cdiv(M, splits), _SPLIT_ROW_QUANTUM) * _SPLIT_ROW_QUANTUM
     # Rounding the ranges up to whole quanta may leave fewer, never empty, ranges.
-    return triton.cdiv(M, rows_per_split), rows_per_split
+    return cdiv(M, rows_per_split), rows_per_split
 
 
 def _sum_split_partials(partials: Tensor, out: Tensor) -> None:
     """out (contiguous, any dtype) = partials [splits, out.numel()].sum(0), in split order."""
     splits, numel = partials.shape
     cfg = _SUM_SPLIT_PARTIALS_CONFIG
-    _sum_split_partials_kernel[(triton.cdiv(numel, cfg.kwargs["BLOCK"]),)](
+    _sum_split_partials_kernel[(cdiv(numel, cfg.kwargs["BLOCK"]),)](
         partials,
         out,
         numel,

@@ -51,7 +51,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import acc_dtype, aot_spec, device_guard, sm_count
+from ._launch import acc_dtype, aot_spec, cdiv, device_guard, next_power_of_2, sm_count
 
 __all__ = [
     "mlp_fwd_triton",
@@ -148,7 +148,7 @@ def _config(direction: str, dtype: torch.dtype, width: int, device: torch.device
 
 
 def _padded_width(widths: Sequence[int]) -> int:
-    return max(16, triton.next_power_of_2(max(widths)))
+    return max(16, next_power_of_2(max(widths)))
 
 
 # ---------------------------------------------------------------------------------------
@@ -536,7 +536,7 @@ def mlp_fwd_triton(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Te
             entries += _table_entry(widths[i], widths[i + 1], w, biases[i] if biases else None, out)
         table = _to_device_table(entries, input.device)
         with device_guard(input):
-            _mlp_fwd_kernel[(triton.cdiv(M, block_m),)](
+            _mlp_fwd_kernel[(cdiv(M, block_m),)](
                 table,
                 input,
                 M,
@@ -600,7 +600,7 @@ def mlp_bwd_triton(
     block_m = config["BLOCK_M"]
     input = _int32_tile_offsets(input, block_m, width)
     grad_output = _int32_tile_offsets(grad_output, block_m, width)
-    num_tiles = triton.cdiv(M, block_m)
+    num_tiles = cdiv(M, block_m)
     if input.device.type == "cuda":
         num_programs = min(num_tiles, PROGRAMS_PER_SM * sm_count(input.device))
     else:
@@ -654,7 +654,7 @@ def mlp_bwd_triton(
             )
         if wanted_layers:
             largest = max(widths[i] * widths[i + 1] if weight_wanted[i] else widths[i + 1] for i in wanted_layers)
-            _mlp_grad_reduce_kernel[(triton.cdiv(largest, REDUCE_BLOCK), 2 * layers)](
+            _mlp_grad_reduce_kernel[(cdiv(largest, REDUCE_BLOCK), 2 * layers)](
                 table,
                 workspace,
                 input,

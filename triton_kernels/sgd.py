@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import acc_dtype, aot_spec, device_guard
+from ._launch import acc_dtype, aot_spec, cdiv, device_guard
 
 __all__ = ["fused_sgd_triton_", "KERNELS", "SUPPORTED_DTYPES", "aot_compile_specs"]
 
@@ -175,7 +175,7 @@ def _first_blocks(numels: list[int]) -> list[int]:
     """first_block[t]: the first program of tensor t; the last entry is the number of programs."""
     first = [0]
     for n in numels:
-        first.append(first[-1] + triton.cdiv(n, BLOCK))
+        first.append(first[-1] + cdiv(n, BLOCK))
     return first
 
 
