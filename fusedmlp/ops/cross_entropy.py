@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from fusedmlp._backend import HAS_EXTENSION, HAS_TRITON
+from fusedmlp.ops._checks import checkers
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -32,16 +33,21 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def check_cross_entropy_args(
-    logits: Tensor, target: Tensor, weight: Optional[Tensor], grad_scale: Optional[Tensor], label_smoothing: float
+    logits: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    grad_scale: Optional[Tensor],
+    label_smoothing: float,
+    eager: bool = False,
 ) -> None:
-    """The checks of csrc/include/fusedmlp/cross_entropy.h, for fakes and the Python backends."""
-    torch._check(logits.dim() == 2, lambda: f"cross_entropy: expected logits of shape [N, C], got {logits.dim()}-D")
-    torch._check(
-        logits.dtype.is_floating_point, lambda: f"cross_entropy: expected floating point logits, got {logits.dtype}"
-    )
-    torch._check(label_smoothing <= 1.0, lambda: f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
+    """The checks of csrc/include/fusedmlp/cross_entropy.h, for fakes and the Python backends
+    (`eager`: on real tensors only, fusedmlp/ops/_checks.py)."""
+    check, check_value = checkers(eager)
+    check(logits.dim() == 2, lambda: f"cross_entropy: expected logits of shape [N, C], got {logits.dim()}-D")
+    check(logits.dtype.is_floating_point, lambda: f"cross_entropy: expected floating point logits, got {logits.dtype}")
+    check(label_smoothing <= 1.0, lambda: f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
     N, C = logits.shape
-    torch._check(
+    check(
         target.device == logits.device,
         lambda: (
             f"cross_entropy: expected all tensors to be on the same device, but found {target.device} and "
@@ -49,41 +55,39 @@ def check_cross_entropy_args(
         ),
     )
     if target.dim() == 1:
-        torch._check(
+        check(
             target.dtype == torch.int64,
             lambda: f"expected target dtype to be Long or Byte, but got {target.dtype}",
         )
-        torch._check_value(
+        check_value(
             target.shape[0] == N,
             lambda: f"Expected input batch_size ({N}) to match target batch_size ({target.shape[0]}).",
         )
     else:
-        torch._check(
+        check(
             target.dim() == 2 and target.shape == logits.shape,
             lambda: f"Expected target size {list(logits.shape)}, got {list(target.shape)}",
         )
-        torch._check(
+        check(
             target.dtype == logits.dtype,
             lambda: f"expected scalar type {logits.dtype} but found {target.dtype}",
         )
     if weight is not None:
-        torch._check(
+        check(
             weight.dim() == 1 and weight.shape[0] == C,
             lambda: (
                 f"weight tensor should be defined either for all {C} classes or no classes but got weight "
                 f"tensor of shape: {list(weight.shape)}"
             ),
         )
-        torch._check(
-            weight.dtype == logits.dtype, lambda: f"expected scalar type {logits.dtype} but found {weight.dtype}"
-        )
-        torch._check(
+        check(weight.dtype == logits.dtype, lambda: f"expected scalar type {logits.dtype} but found {weight.dtype}")
+        check(
             weight.device == logits.device,
             lambda: "cross_entropy: expected all tensors to be on the same device",
         )
     if grad_scale is not None:
-        torch._check(grad_scale.numel() == 1, lambda: "cross_entropy: expected a one-element grad_scale")
-        torch._check(
+        check(grad_scale.numel() == 1, lambda: "cross_entropy: expected a one-element grad_scale")
+        check(
             grad_scale.dtype == acc_dtype(logits.dtype),
             lambda: f"cross_entropy: expected grad_scale of dtype {acc_dtype(logits.dtype)}, got {grad_scale.dtype}",
         )
@@ -138,10 +142,11 @@ def _cross_entropy_fake(
     return logits.new_empty((logits.shape[0],) if reduction == "none" else ())
 
 
-def _scale_grad_unless_one_fake(grad: Tensor, scale: Tensor) -> None:
-    torch._check(grad.is_contiguous(), lambda: "scale_grad_unless_one_: expected a contiguous grad")
-    torch._check(scale.numel() == 1, lambda: "scale_grad_unless_one_: expected a one-element scale")
-    torch._check(
+def _scale_grad_unless_one_fake(grad: Tensor, scale: Tensor, eager: bool = False) -> None:
+    check, _ = checkers(eager)
+    check(grad.is_contiguous(), lambda: "scale_grad_unless_one_: expected a contiguous grad")
+    check(scale.numel() == 1, lambda: "scale_grad_unless_one_: expected a one-element scale")
+    check(
         scale.dtype == grad.dtype and scale.device == grad.device,
         lambda: "scale_grad_unless_one_: expected scale with grad's dtype and device",
     )
@@ -203,7 +208,7 @@ if HAS_TRITON:
     ) -> tuple[Tensor, Tensor]:
         from fusedmlp.triton_kernels import cross_entropy as kernels
 
-        check_cross_entropy_args(logits, target, weight, grad_scale, label_smoothing)
+        check_cross_entropy_args(logits, target, weight, grad_scale, label_smoothing, eager=True)
         if target.dim() == 1 and target.device.type == "cpu":  # the interpreter: validate like torch on CPU
             check_targets_in_range(target, logits.shape[1], ignore_index)
         grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if compute_grad else None
@@ -221,7 +226,7 @@ if HAS_TRITON:
     ) -> Tensor:
         from fusedmlp.triton_kernels import cross_entropy as kernels
 
-        check_cross_entropy_args(logits, target, weight, grad_scale, label_smoothing)
+        check_cross_entropy_args(logits, target, weight, grad_scale, label_smoothing, eager=True)
         torch._check(logits.is_contiguous(), lambda: "cross_entropy_fwd_inplace: needs contiguous logits [N, C]")
         if target.dim() == 1 and target.device.type == "cpu":
             check_targets_in_range(target, logits.shape[1], ignore_index)
@@ -233,7 +238,7 @@ if HAS_TRITON:
     def scale_grad_unless_one_triton(grad: Tensor, scale: Tensor) -> None:
         from fusedmlp.triton_kernels import cross_entropy as kernels
 
-        _scale_grad_unless_one_fake(grad, scale)  # the checks
+        _scale_grad_unless_one_fake(grad, scale, eager=True)  # the checks
         kernels.scale_grad_unless_one_triton(grad, scale)
 
     scale_grad_unless_one_triton.register_fake(_scale_grad_unless_one_fake)

@@ -15,34 +15,36 @@ import torch
 from torch import Tensor
 
 from fusedmlp._backend import HAS_EXTENSION, HAS_TRITON
+from fusedmlp.ops._checks import checkers
 
 
-def _check_linear_relu_args(input: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
-    torch._check(input.dim() == 2, lambda: f"linear_relu: expected a 2-D input, got {input.dim()}-D")
-    torch._check(weight.dim() == 2, lambda: f"linear_relu: expected a 2-D weight, got {weight.dim()}-D")
-    torch._check(
+def _check_linear_relu_args(input: Tensor, weight: Tensor, bias: Optional[Tensor], eager: bool = False) -> None:
+    check, _ = checkers(eager)
+    check(input.dim() == 2, lambda: f"linear_relu: expected a 2-D input, got {input.dim()}-D")
+    check(weight.dim() == 2, lambda: f"linear_relu: expected a 2-D weight, got {weight.dim()}-D")
+    check(
         input.shape[1] == weight.shape[1],
         lambda: (
             f"linear_relu: mat1 and mat2 shapes cannot be multiplied "
             f"({input.shape[0]}x{input.shape[1]} and {weight.shape[1]}x{weight.shape[0]})"
         ),
     )
-    torch._check(
+    check(
         input.dtype == weight.dtype,
         lambda: f"linear_relu: expected input and weight to have the same dtype, got {input.dtype} and {weight.dtype}",
     )
-    torch._check(input.dtype.is_floating_point, lambda: f"linear_relu: expected a floating dtype, got {input.dtype}")
-    torch._check(
+    check(input.dtype.is_floating_point, lambda: f"linear_relu: expected a floating dtype, got {input.dtype}")
+    check(
         input.device == weight.device,
         lambda: f"linear_relu: expected all tensors on the same device, found {input.device} and {weight.device}",
     )
     if bias is not None:
-        torch._check(
+        check(
             bias.dim() == 1 and bias.shape[0] == weight.shape[0],
             lambda: f"linear_relu: expected bias of shape [{weight.shape[0]}], got {list(bias.shape)}",
         )
-        torch._check(bias.dtype == weight.dtype, lambda: f"linear_relu: expected bias dtype {weight.dtype}")
-        torch._check(bias.device == weight.device, lambda: "linear_relu: expected all tensors on the same device")
+        check(bias.dtype == weight.dtype, lambda: f"linear_relu: expected bias dtype {weight.dtype}")
+        check(bias.device == weight.device, lambda: "linear_relu: expected all tensors on the same device")
 
 
 def _linear_relu_fwd_fake(input: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool) -> Tensor:
@@ -50,18 +52,25 @@ def _linear_relu_fwd_fake(input: Tensor, weight: Tensor, bias: Optional[Tensor],
     return input.new_empty((input.shape[0], weight.shape[0]))
 
 
-def _linear_relu_bwd_fake(
-    grad_output: Tensor, input: Tensor, weight: Tensor, output: Tensor, relu: bool, output_mask: Sequence[bool]
-) -> tuple[Tensor, Tensor, Tensor]:
-    _check_linear_relu_args(input, weight, None)
-    torch._check(
+def _check_linear_relu_bwd_args(
+    grad_output: Tensor, input: Tensor, weight: Tensor, output: Tensor, eager: bool = False
+) -> None:
+    check, _ = checkers(eager)
+    _check_linear_relu_args(input, weight, None, eager)
+    check(
         grad_output.shape == (input.shape[0], weight.shape[0]),
         lambda: (
             f"linear_relu_bwd: expected grad_output of shape {[input.shape[0], weight.shape[0]]}, "
             f"got {list(grad_output.shape)}"
         ),
     )
-    torch._check(output.shape == grad_output.shape, lambda: "linear_relu_bwd: output and grad_output shapes differ")
+    check(output.shape == grad_output.shape, lambda: "linear_relu_bwd: output and grad_output shapes differ")
+
+
+def _linear_relu_bwd_fake(
+    grad_output: Tensor, input: Tensor, weight: Tensor, output: Tensor, relu: bool, output_mask: Sequence[bool]
+) -> tuple[Tensor, Tensor, Tensor]:
+    _check_linear_relu_bwd_args(grad_output, input, weight, output)
     grad_input = input.new_empty(input.shape) if output_mask[0] else input.new_empty(0)
     grad_weight = input.new_empty(weight.shape) if output_mask[1] else input.new_empty(0)
     grad_bias = input.new_empty(weight.shape[0]) if output_mask[2] else input.new_empty(0)
@@ -80,7 +89,7 @@ if HAS_TRITON:
     def linear_relu_fwd_triton(input: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool) -> Tensor:
         from fusedmlp.triton_kernels import linear_relu as kernels
 
-        _check_linear_relu_args(input, weight, bias)
+        _check_linear_relu_args(input, weight, bias, eager=True)
         return kernels.linear_relu_fwd_triton(input, weight, bias, relu)
 
     @torch.library.custom_op("fusedmlp::linear_relu_bwd_triton", mutates_args=())
@@ -89,7 +98,7 @@ if HAS_TRITON:
     ) -> tuple[Tensor, Tensor, Tensor]:
         from fusedmlp.triton_kernels import linear_relu as kernels
 
-        _linear_relu_bwd_fake(grad_output, input, weight, output, relu, output_mask)  # argument checks only
+        _check_linear_relu_bwd_args(grad_output, input, weight, output, eager=True)
         return kernels.linear_relu_bwd_triton(grad_output, input, weight, output, relu, list(output_mask))
 
     linear_relu_fwd_triton.register_fake(_linear_relu_fwd_fake)

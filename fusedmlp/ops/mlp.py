@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from fusedmlp._backend import HAS_EXTENSION, HAS_TRITON
+from fusedmlp.ops._checks import checkers
 
 # Backends whose whole-network op takes any network.
 NETWORK_BACKENDS = ("cpu", "torch")
@@ -55,20 +56,23 @@ def fused_kernel_uncovered_reason(backend: str, widths: Sequence[int], dtype: to
     return None
 
 
-def _check_layer(i: int, input: Tensor, width: int, weight: Tensor, bias: Optional[Tensor]) -> None:
-    torch._check(weight.dim() == 2, lambda: f"mlp: expected weight {i} to be 2-D, got {weight.dim()}-D")
-    torch._check(
+def _check_layer(
+    i: int, input: Tensor, width: int, weight: Tensor, bias: Optional[Tensor], eager: bool = False
+) -> None:
+    check, _ = checkers(eager)
+    check(weight.dim() == 2, lambda: f"mlp: expected weight {i} to be 2-D, got {weight.dim()}-D")
+    check(
         weight.shape[1] == width,
         lambda: (
             f"mlp: layer {i}: mat1 and mat2 shapes cannot be multiplied "
             f"({input.shape[0]}x{width} and {weight.shape[1]}x{weight.shape[0]})"
         ),
     )
-    torch._check(
+    check(
         weight.dtype == input.dtype,
         lambda: f"mlp: expected input and weight {i} to have the same dtype, but got {input.dtype} and {weight.dtype}",
     )
-    torch._check(
+    check(
         weight.device == input.device,
         lambda: (
             f"mlp: expected all tensors to be on the same device, but found {input.device} and "
@@ -76,25 +80,26 @@ def _check_layer(i: int, input: Tensor, width: int, weight: Tensor, bias: Option
         ),
     )
     if bias is not None:
-        torch._check(
+        check(
             bias.dim() == 1 and bias.shape[0] == weight.shape[0],
             lambda: f"mlp: expected bias {i} of shape [{weight.shape[0]}], got {list(bias.shape)}",
         )
-        torch._check(bias.dtype == input.dtype, lambda: f"mlp: expected bias {i} to have dtype {input.dtype}")
-        torch._check(bias.device == input.device, lambda: "mlp: expected all tensors to be on the same device")
+        check(bias.dtype == input.dtype, lambda: f"mlp: expected bias {i} to have dtype {input.dtype}")
+        check(bias.device == input.device, lambda: "mlp: expected all tensors to be on the same device")
 
 
-def _check_mlp_args(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> None:
-    torch._check(len(weights) > 0, lambda: "mlp: expected at least one layer, got no weights")
-    torch._check(
+def _check_mlp_args(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor], eager: bool = False) -> None:
+    check, _ = checkers(eager)
+    check(len(weights) > 0, lambda: "mlp: expected at least one layer, got no weights")
+    check(
         len(biases) in (0, len(weights)),
         lambda: f"mlp: expected one bias per weight or none, got {len(biases)} biases for {len(weights)} weights",
     )
-    torch._check(input.dim() == 2, lambda: f"mlp: expected a 2-D input, got {input.dim()}-D")
-    torch._check(input.dtype.is_floating_point, lambda: f"mlp: expected a floating point dtype, got {input.dtype}")
+    check(input.dim() == 2, lambda: f"mlp: expected a 2-D input, got {input.dim()}-D")
+    check(input.dtype.is_floating_point, lambda: f"mlp: expected a floating point dtype, got {input.dtype}")
     width = input.shape[1]
     for i, weight in enumerate(weights):
-        _check_layer(i, input, width, weight, biases[i] if biases else None)
+        _check_layer(i, input, width, weight, biases[i] if biases else None, eager)
         width = weight.shape[0]
 
 
@@ -102,6 +107,34 @@ def _mlp_fwd_fake(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Ten
     _check_mlp_args(input, weights, biases)
     activations = [input.new_empty((input.shape[0], w.shape[0])) for w in weights[:-1]]
     return input.new_empty((input.shape[0], weights[-1].shape[0])), activations
+
+
+def _check_mlp_bwd_args(
+    grad_output: Tensor,
+    input: Tensor,
+    weights: Sequence[Tensor],
+    activations: Sequence[Tensor],
+    weight_grads: Sequence[bool],
+    bias_grads: Sequence[bool],
+    eager: bool = False,
+) -> None:
+    check, _ = checkers(eager)
+    _check_mlp_args(input, weights, [], eager)
+    check(
+        len(activations) == len(weights) - 1,
+        lambda: f"mlp_bwd: expected {len(weights) - 1} activations (one per hidden layer), got {len(activations)}",
+    )
+    check(
+        len(weight_grads) == len(weights) and len(bias_grads) in (0, len(weights)),
+        lambda: f"mlp_bwd: expected {len(weights)} weight_grads and bias_grads flags (no bias_grads without biases)",
+    )
+    check(
+        grad_output.shape == (input.shape[0], weights[-1].shape[0]),
+        lambda: (
+            f"mlp_bwd: expected grad_output of shape {[input.shape[0], weights[-1].shape[0]]}, "
+            f"got {list(grad_output.shape)}"
+        ),
+    )
 
 
 def _mlp_bwd_fake(
@@ -113,22 +146,7 @@ def _mlp_bwd_fake(
     weight_grads: Sequence[bool],
     bias_grads: Sequence[bool],
 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    _check_mlp_args(input, weights, [])
-    torch._check(
-        len(activations) == len(weights) - 1,
-        lambda: f"mlp_bwd: expected {len(weights) - 1} activations (one per hidden layer), got {len(activations)}",
-    )
-    torch._check(
-        len(weight_grads) == len(weights) and len(bias_grads) in (0, len(weights)),
-        lambda: f"mlp_bwd: expected {len(weights)} weight_grads and bias_grads flags (no bias_grads without biases)",
-    )
-    torch._check(
-        grad_output.shape == (input.shape[0], weights[-1].shape[0]),
-        lambda: (
-            f"mlp_bwd: expected grad_output of shape {[input.shape[0], weights[-1].shape[0]]}, "
-            f"got {list(grad_output.shape)}"
-        ),
-    )
+    _check_mlp_bwd_args(grad_output, input, weights, activations, weight_grads, bias_grads)
     grad_input = input.new_empty(input.shape) if input_grad else input.new_empty(0)
     grad_weights = [
         input.new_empty(w.shape) if wanted else input.new_empty(0) for w, wanted in zip(weights, weight_grads)
@@ -154,7 +172,7 @@ if HAS_TRITON:
     def mlp_fwd_triton(input: Tensor, weights: list[Tensor], biases: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         from fusedmlp.triton_kernels import mlp as kernels
 
-        _check_mlp_args(input, weights, biases)
+        _check_mlp_args(input, weights, biases, eager=True)
         return kernels.mlp_fwd_triton(input, weights, biases)
 
     @torch.library.custom_op("fusedmlp::mlp_bwd_triton", mutates_args=())
@@ -169,7 +187,7 @@ if HAS_TRITON:
     ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         from fusedmlp.triton_kernels import mlp as kernels
 
-        _mlp_bwd_fake(grad_output, input, weights, activations, input_grad, weight_grads, bias_grads)  # checks
+        _check_mlp_bwd_args(grad_output, input, weights, activations, weight_grads, bias_grads, eager=True)
         return kernels.mlp_bwd_triton(
             grad_output, input, weights, activations, input_grad, list(weight_grads), list(bias_grads)
         )
