@@ -22,16 +22,12 @@ import torch.nn.functional as F
 
 import fusedmlp
 from fusedmlp.bench.mlp import make_step
+from fusedmlp.bench.timing import synchronize
 
 WIDTHS, BATCH = (2, 30, 20, 2), 2**14
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _cross_entropy_call(provider: str, device: str):
+def _cross_entropy_call(provider: str, device: torch.device):
     torch.manual_seed(0)
     x = torch.randn(4096, 8192, device=device).requires_grad_(True)
     t = torch.randint(0, 8192, (4096,), device=device)
@@ -50,20 +46,20 @@ def _cross_entropy_call(provider: str, device: str):
     return call
 
 
-def probe(name: str, call, device: str, calls: int = 200, rows: int = 22) -> str:
+def probe(name: str, call, device: torch.device, calls: int = 200, rows: int = 22) -> str:
     for _ in range(20):
         call()
-    _sync(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(calls):
         call()
-    _sync(device)
+    synchronize(device)
     wall_us = (time.perf_counter() - start) / calls * 1e6
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(calls):
         call()
-    _sync(device)
+    synchronize(device)
     profiler.disable()
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(rows)
@@ -77,13 +73,14 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=200, help="timed calls per provider (and as many profiled)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    device = torch.device(args.device)
     providers = args.providers.split(",")
     for provider in providers:
-        step, _ = make_step(provider, WIDTHS, BATCH, args.device)
-        print(probe(f"train step 2-30-20-2 @ 2^14, {provider}", step, args.device, args.calls), flush=True)
+        step, _ = make_step(provider, WIDTHS, BATCH, device)
+        print(probe(f"train step 2-30-20-2 @ 2^14, {provider}", step, device, args.calls), flush=True)
     for provider in providers:
-        call = _cross_entropy_call(provider, args.device)
-        print(probe(f"cross-entropy 4096 x 8192 fp32 fwd+bwd, {provider}", call, args.device, args.calls), flush=True)
+        call = _cross_entropy_call(provider, device)
+        print(probe(f"cross-entropy 4096 x 8192 fp32 fwd+bwd, {provider}", call, device, args.calls), flush=True)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ struct AddOp {
   }
 };
 
-// Skips NaN as `x > m ? x : m` does (the values reduced here never hold one).
+// max(a, b) that skips a NaN b, as `x > m ? x : m` does (the running max a never holds one).
 struct MaxOp {
   template <typename T>
   __device__ __forceinline__ T operator()(T a, T b) const {
@@ -337,7 +337,7 @@ __device__ __forceinline__ acc_t unit_exp(acc_t x) {
   }
 }
 
-// max(m, the vector's elements), skipping NaN as `x > m ? x : m` does. 16-bit types take the
+// max(m, the vector's elements), skipping NaN as MaxOp does. 16-bit types take the
 // max of pairs in their own format first (HMNMX2, which also returns the non-NaN input): half
 // the instructions, and no widened float copy of the row for ptxas to keep alive into the sum
 // loop (with one, the bf16 hard-target kernel spilled at 64 registers on sm_90).
@@ -351,12 +351,10 @@ __device__ __forceinline__ at::opmath_type<scalar_t> vector_max(const AlignedVec
     pair_t r = pairs[0];
 #pragma unroll
     for (int i = 1; i < N / 2; ++i) r = __hmax2(r, pairs[i]);
-    const acc_t lo = __low2float(r), hi = __high2float(r);
-    m = lo > m ? lo : m;
-    return hi > m ? hi : m;
+    return MaxOp{}(MaxOp{}(m, __low2float(r)), __high2float(r));
   } else {
 #pragma unroll
-    for (int e = 0; e < N; ++e) m = v.val[e] > m ? v.val[e] : m;
+    for (int e = 0; e < N; ++e) m = MaxOp{}(m, static_cast<acc_t>(v.val[e]));
     return m;
   }
 }

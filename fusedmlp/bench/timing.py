@@ -13,7 +13,8 @@ from typing import Callable
 import torch
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for `device`'s queued work (nothing to wait for on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -51,12 +52,12 @@ def time_providers(
     device = torch.device(device)
     inner: dict[str, int] = {}
     for name, fn in providers.items():
-        _synchronize(device)
+        synchronize(device)
         start, calls = time.perf_counter(), 0
         while True:
             fn()
             calls += 1
-            _synchronize(device)
+            synchronize(device)
             elapsed = time.perf_counter() - start
             if elapsed >= warmup_s and calls >= 3:
                 break

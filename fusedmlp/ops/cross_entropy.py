@@ -227,7 +227,8 @@ if HAS_TRITON:
         from fusedmlp.triton_kernels import cross_entropy as kernels
 
         check_cross_entropy_args(logits, target, weight, grad_scale, label_smoothing, eager=True)
-        torch._check(logits.is_contiguous(), lambda: "cross_entropy_fwd_inplace: needs contiguous logits [N, C]")
+        check, _ = checkers(eager=True)
+        check(logits.is_contiguous(), lambda: "cross_entropy_fwd_inplace: needs contiguous logits [N, C]")
         if target.dim() == 1 and target.device.type == "cpu":
             check_targets_in_range(target, logits.shape[1], ignore_index)
         return kernels.cross_entropy_fwd_triton(
