@@ -8,7 +8,8 @@
 // outputs once, for the backward). Shared memory holds the current layer's weights
 // zero-padded to W x W, and the batch tile padded to W columns. Padded weights are zero and
 // every epilogue writes zeros into padded columns, so padding never reaches a real value, even
-// when an inf in a real value would turn a multiplication by a padded zero into NaN.
+// when an inf in a real value would turn a multiplication by a padded zero into NaN. On CUDA
+// cores a layer narrower than W computes only the part of the tile it needs (round_up4 below).
 //
 // Products: fp16 / bf16 on tensor cores through nvcuda::wmma (16x16x16, fp32 accumulators);
 // fp32 on CUDA cores with fp32 FMAs (no TF32, like torch's default fp32 matmul); fp64 on CUDA
@@ -238,31 +239,53 @@ __device__ __forceinline__ double multiply_add(double a, double b, double c) {
   return fma(a, b, c);
 }
 
-// acc[i][j] += sum_k A(tr + i * RT, k) * B(k, tc + j * CT) for k < KDIM, where
+// acc[i][j] += sum_k A(tr + i * RT, k) * B(k, tc + j * CT) for k < k_end and j < TN_ACTIVE, where
 // A(r, k) = a[r * A_RS + k * A_CS] and B(k, c) = b[k * B_RS + c * B_CS] in shared memory.
-template <int TM, int TN, int RT, int CT, int KDIM, int A_RS, int A_CS, int B_RS, int B_CS, typename scalar_t,
+// Every caller passes a multiple of 4 as k_end; columns j >= TN_ACTIVE keep their accumulators.
+template <int TM, int TN, int TN_ACTIVE, int RT, int CT, int A_RS, int A_CS, int B_RS, int B_CS, typename scalar_t,
           typename acc_t>
 __device__ __forceinline__ void simt_product(acc_t (&acc)[TM][TN], const scalar_t* a, const scalar_t* b, int tr,
-                                             int tc) {
+                                             int tc, int k_end) {
+  static_assert(TN_ACTIVE >= 1 && TN_ACTIVE <= TN, "active column groups out of range");
 #pragma unroll 4
-  for (int k = 0; k < KDIM; ++k) {
-    acc_t av[TM], bv[TN];
+  for (int k = 0; k < k_end; ++k) {
+    acc_t av[TM], bv[TN_ACTIVE];
 #pragma unroll
     for (int i = 0; i < TM; ++i) av[i] = static_cast<acc_t>(a[(tr + i * RT) * A_RS + k * A_CS]);
 #pragma unroll
-    for (int j = 0; j < TN; ++j) bv[j] = static_cast<acc_t>(b[k * B_RS + (tc + j * CT) * B_CS]);
+    for (int j = 0; j < TN_ACTIVE; ++j) bv[j] = static_cast<acc_t>(b[k * B_RS + (tc + j * CT) * B_CS]);
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
 #pragma unroll
-      for (int j = 0; j < TN; ++j) acc[i][j] = multiply_add(av[i], bv[j], acc[i][j]);
+      for (int j = 0; j < TN_ACTIVE; ++j) acc[i][j] = multiply_add(av[i], bv[j], acc[i][j]);
     }
   }
+}
+
+// Per-layer trimming of the padded products on CUDA cores. A tile is W wide for the widest layer, but a layer
+// with fewer inputs or outputs only needs part of it: the reduction runs over the real length
+// rounded up to 4 (the padding it skips holds zeros), and only the 16-column groups that hold
+// real output columns are computed (the others are zero, as the epilogues write them). At
+// 50-30-20-3 (W = 64) this is 3008 instead of 12288 multiply-adds per row in the forward.
+__host__ __device__ constexpr int round_up4(int n) {
+  return (n + 3) / 4 * 4;
+}
+
+// fn(std::integral_constant<int, G>{}) for G = max(1, min(groups, MAX)): the product code
+// specialised for the number of column groups that are computed.
+template <int MAX, typename Fn>
+__device__ __forceinline__ void with_column_groups(int groups, Fn&& fn) {
+  if constexpr (MAX > 1) {
+    if (groups < MAX) return with_column_groups<MAX - 1>(groups, fn);
+  }
+  fn(std::integral_constant<int, MAX>{});
 }
 
 // act[r][:] = act(act[r][:] @ weights^T + bias), in place, and the valid part to out.
 template <typename scalar_t, int W>
 __device__ void fwd_layer_simt(scalar_t* act, const scalar_t* weights, const at::opmath_type<scalar_t>* bias,
-                               int out_features, bool relu, scalar_t* out, int64_t row0, int64_t rows) {
+                               int in_features, int out_features, bool relu, scalar_t* out, int64_t row0,
+                               int64_t rows) {
   using Tile = MlpTile<scalar_t, W>;
   using acc_t = typename Tile::acc_t;
   using Simt = SimtTile<scalar_t, W>;
@@ -271,7 +294,10 @@ __device__ void fwd_layer_simt(scalar_t* act, const scalar_t* weights, const at:
   const int tr = threadIdx.x / CT, tc = threadIdx.x % CT;
   acc_t acc[TM][TN] = {};
   // C[r][n] = sum_k act[r][k] * weights[n][k]
-  simt_product<TM, TN, RT, CT, W, LD, 1, 1, LD>(acc, act, weights, tr, tc);
+  with_column_groups<TN>(static_cast<int>(ceil_div(out_features, CT)), [&](auto groups) {
+    simt_product<TM, TN, decltype(groups)::value, RT, CT, LD, 1, 1, LD>(acc, act, weights, tr, tc,
+                                                                         round_up4(in_features));
+  });
   __syncthreads();  // every thread has read the tile it is about to overwrite
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
@@ -289,41 +315,45 @@ __device__ void fwd_layer_simt(scalar_t* act, const scalar_t* weights, const at:
   }
 }
 
-// partial dW[n][k] (+)= sum_r grad[r][n] * in[r][k] over the tile's rows. Each thread owns a
-// fixed set of (n, k) of its block's slice: no atomics.
+// partial dW[n][k] (+)= sum_r grad[r][n] * in[r][k] over the tile's rows, for the column groups
+// that hold real inputs k < in_features (the reduction reads no other column). Each thread
+// owns a fixed set of (n, k) of its block's slice: no atomics.
 template <typename scalar_t, int W>
-__device__ void weight_grad_simt(const scalar_t* grad, const scalar_t* in, at::opmath_type<scalar_t>* partial,
-                                 bool first) {
+__device__ void weight_grad_simt(const scalar_t* grad, const scalar_t* in, int in_features,
+                                 at::opmath_type<scalar_t>* partial, bool first) {
   using Tile = MlpTile<scalar_t, W>;
   using acc_t = typename Tile::acc_t;
   using Simt = SimtTile<scalar_t, W>;
   constexpr int LD = Tile::kLd, TM = Simt::kGradRowsPerThread, TN = Simt::kThreadCols;
   constexpr int RT = Simt::kRowThreads, CT = Simt::kColThreads;
   const int tr = threadIdx.x / CT, tc = threadIdx.x % CT;
-  for (int n0 = 0; n0 < W; n0 += TM * RT) {
-    acc_t acc[TM][TN];
+  with_column_groups<TN>(static_cast<int>(ceil_div(in_features, CT)), [&](auto groups) {
+    constexpr int G = decltype(groups)::value;
+    for (int n0 = 0; n0 < W; n0 += TM * RT) {
+      acc_t acc[TM][G];
 #pragma unroll
-    for (int i = 0; i < TM; ++i) {
+      for (int i = 0; i < TM; ++i) {
 #pragma unroll
-      for (int j = 0; j < TN; ++j) {
-        acc[i][j] = first ? acc_t(0) : partial[(n0 + tr + i * RT) * W + tc + j * CT];
+        for (int j = 0; j < G; ++j) {
+          acc[i][j] = first ? acc_t(0) : partial[(n0 + tr + i * RT) * W + tc + j * CT];
+        }
+      }
+      // A(n, r) = grad[r][n0 + n], B(r, k) = in[r][k]
+      simt_product<TM, G, G, RT, CT, 1, LD, LD, 1>(acc, grad + n0, in, tr, tc, Tile::kRows);
+#pragma unroll
+      for (int i = 0; i < TM; ++i) {
+#pragma unroll
+        for (int j = 0; j < G; ++j) partial[(n0 + tr + i * RT) * W + tc + j * CT] = acc[i][j];
       }
     }
-    // A(n, r) = grad[r][n0 + n], B(r, k) = in[r][k]
-    simt_product<TM, TN, RT, CT, Tile::kRows, 1, LD, LD, 1>(acc, grad + n0, in, tr, tc);
-#pragma unroll
-    for (int i = 0; i < TM; ++i) {
-#pragma unroll
-      for (int j = 0; j < TN; ++j) partial[(n0 + tr + i * RT) * W + tc + j * CT] = acc[i][j];
-    }
-  }
+  });
 }
 
 // grad[r][:] = mask(round(grad[r][:] @ weights), in[r][:]) in place (no mask for the input
 // layer, whose result goes to grad_input instead).
 template <typename scalar_t, int W>
 __device__ void grad_below_simt(scalar_t* grad, const scalar_t* weights, const scalar_t* in, int in_features,
-                                bool mask, scalar_t* grad_input, int64_t row0, int64_t rows) {
+                                int out_features, bool mask, scalar_t* grad_input, int64_t row0, int64_t rows) {
   using Tile = MlpTile<scalar_t, W>;
   using acc_t = typename Tile::acc_t;
   using Simt = SimtTile<scalar_t, W>;
@@ -332,7 +362,10 @@ __device__ void grad_below_simt(scalar_t* grad, const scalar_t* weights, const s
   const int tr = threadIdx.x / CT, tc = threadIdx.x % CT;
   acc_t acc[TM][TN] = {};
   // C[r][k] = sum_n grad[r][n] * weights[n][k]
-  simt_product<TM, TN, RT, CT, W, LD, 1, LD, 1>(acc, grad, weights, tr, tc);
+  with_column_groups<TN>(static_cast<int>(ceil_div(in_features, CT)), [&](auto groups) {
+    simt_product<TM, TN, decltype(groups)::value, RT, CT, LD, 1, LD, 1>(acc, grad, weights, tr, tc,
+                                                                         round_up4(out_features));
+  });
   __syncthreads();  // every thread has read the gradient tile it is about to overwrite
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
@@ -517,7 +550,8 @@ __device__ void mlp_fwd_tile(const MlpFwdArgs<scalar_t>& args) {
       warp_rows_product<scalar_t, W, nvcuda::wmma::col_major>(act, weights, stage, finish, args.out[layer], row0,
                                                               args.rows, out_features);
     } else {
-      fwd_layer_simt<scalar_t, W>(act, weights, bias, out_features, relu, args.out[layer], row0, args.rows);
+      fwd_layer_simt<scalar_t, W>(act, weights, bias, in_features, out_features, relu, args.out[layer], row0,
+                                  args.rows);
     }
   }
 }
@@ -563,7 +597,7 @@ __device__ void mlp_bwd_tiles(const MlpBwdArgs<scalar_t>& args) {
         if constexpr (Tile::kTensorCores) {
           weight_grad_tensor_core<scalar_t, W>(grad, in, slice + weight_slot, first);
         } else {
-          weight_grad_simt<scalar_t, W>(grad, in, slice + weight_slot, first);
+          weight_grad_simt<scalar_t, W>(grad, in, in_features, slice + weight_slot, first);
         }
       }
       if (!below) break;
@@ -579,7 +613,8 @@ __device__ void mlp_bwd_tiles(const MlpBwdArgs<scalar_t>& args) {
                                                                  args.rows, in_features);
       } else {
         // Its own barrier, after its reads, keeps the gradient tile until every thread is done.
-        grad_below_simt<scalar_t, W>(grad, weights, in, in_features, mask, grad_input, row0, args.rows);
+        grad_below_simt<scalar_t, W>(grad, weights, in, in_features, out_features, mask, grad_input, row0,
+                                     args.rows);
       }
     }
   }
