@@ -122,11 +122,10 @@ struct MlpTile {
   using Layout = std::conditional_t<kTensorCores, TensorCoreTile<W>, SimtTile<scalar_t, W>>;
   static constexpr int kRows = Layout::kRows;
 
-  // Row pitch (elements) of every shared tile: 16 bytes of skew. Tensor cores: it keeps ldm a
-  // multiple of 8 and every fragment pointer 32-byte aligned, and shifts banks between rows.
-  // CUDA cores: rows stay 16-byte aligned for the forward's vector loads along k, and the
-  // eight rows a quarter-warp reads with them start in eight different 4-bank groups.
-  static constexpr int kLd = W + static_cast<int>(16 / sizeof(scalar_t));
+  // Row pitch (elements) of every shared tile. Tensor cores: 16 bytes of skew keep ldm a
+  // multiple of 8 and every fragment pointer 32-byte aligned, and shift banks between rows.
+  // CUDA cores: an odd pitch puts the rows a warp reads at one k in different banks.
+  static constexpr int kLd = kTensorCores ? W + 8 : W + 1;
 
   static constexpr size_t kTileBytes = align_smem(sizeof(scalar_t) * kRows * kLd);
   static constexpr size_t kWeightBytes = align_smem(sizeof(scalar_t) * W * kLd);
@@ -263,38 +262,6 @@ __device__ __forceinline__ void simt_product(acc_t (&acc)[TM][TN], const scalar_
   }
 }
 
-// The forward's product C[r][n] = sum_k a[r][k] * b[n][k], both operands contiguous along k
-// (pitch LD): 16-byte shared loads of V consecutive k, so a thread issues TM + TN_ACTIVE loads
-// per V * TM * TN_ACTIVE multiply-adds. With one load per element (simt_product), the fp32
-// forward at W = 64 issued 12 shared loads per 32 FMAs and ran issue-bound (ncu on the H200:
-// issue slots 75% busy at 22 TFLOP/s). Every caller passes a multiple of 4 as k_end.
-template <int TM, int TN, int TN_ACTIVE, int RT, int CT, int LD, typename scalar_t, typename acc_t>
-__device__ __forceinline__ void simt_product_along_k(acc_t (&acc)[TM][TN], const scalar_t* a, const scalar_t* b,
-                                                     int tr, int tc, int k_end) {
-  static_assert(TN_ACTIVE >= 1 && TN_ACTIVE <= TN, "active column groups out of range");
-  constexpr int V = static_cast<int>(16 / sizeof(scalar_t));
-  static_assert(LD % V == 0 && 4 % V == 0, "rows and k_end must stay 16-byte aligned");
-  using Vector = AlignedVector<scalar_t, V>;
-#pragma unroll 2
-  for (int k = 0; k < k_end; k += V) {
-    Vector av[TM], bv[TN_ACTIVE];
-#pragma unroll
-    for (int i = 0; i < TM; ++i) av[i] = *reinterpret_cast<const Vector*>(a + (tr + i * RT) * LD + k);
-#pragma unroll
-    for (int j = 0; j < TN_ACTIVE; ++j) bv[j] = *reinterpret_cast<const Vector*>(b + (tc + j * CT) * LD + k);
-#pragma unroll
-    for (int v = 0; v < V; ++v) {
-#pragma unroll
-      for (int i = 0; i < TM; ++i) {
-#pragma unroll
-        for (int j = 0; j < TN_ACTIVE; ++j) {
-          acc[i][j] = multiply_add(static_cast<acc_t>(av[i].val[v]), static_cast<acc_t>(bv[j].val[v]), acc[i][j]);
-        }
-      }
-    }
-  }
-}
-
 // Per-layer trimming of the padded products on CUDA cores. A tile is W wide for the widest layer, but a layer
 // with fewer inputs or outputs only needs part of it: the reduction runs over the real length
 // rounded up to 4 (the padding it skips holds zeros), and only the 16-column groups that hold
@@ -328,8 +295,8 @@ __device__ void fwd_layer_simt(scalar_t* act, const scalar_t* weights, const at:
   acc_t acc[TM][TN] = {};
   // C[r][n] = sum_k act[r][k] * weights[n][k]
   with_column_groups<TN>(static_cast<int>(ceil_div(out_features, CT)), [&](auto groups) {
-    simt_product_along_k<TM, TN, decltype(groups)::value, RT, CT, LD>(acc, act, weights, tr, tc,
-                                                                      round_up4(in_features));
+    simt_product<TM, TN, decltype(groups)::value, RT, CT, LD, 1, 1, LD>(acc, act, weights, tr, tc,
+                                                                         round_up4(in_features));
   });
   __syncthreads();  // every thread has read the tile it is about to overwrite
 #pragma unroll
