@@ -262,11 +262,12 @@ __device__ __forceinline__ void simt_product(acc_t (&acc)[TM][TN], const scalar_
   }
 }
 
-// Per-layer trimming of the padded products on CUDA cores. A tile is W wide for the widest layer, but a layer
-// with fewer inputs or outputs only needs part of it: the reduction runs over the real length
-// rounded up to 4 (the padding it skips holds zeros), and only the 16-column groups that hold
-// real output columns are computed (the others are zero, as the epilogues write them). At
-// 50-30-20-3 (W = 64) this is 3008 instead of 12288 multiply-adds per row in the forward.
+// Per-layer trimming of the padded products on CUDA cores. A tile is W wide for the widest
+// layer, but a layer with fewer inputs or outputs only needs part of it: the reduction runs
+// over the real length rounded up to 4 (the padding it skips holds zeros), and only the
+// 16-column groups that hold real output columns are computed (the others are zero, as the
+// epilogues write them). At 50-30-20-3 (W = 64) this is 3008 instead of 12288 multiply-adds
+// per row in the forward.
 __host__ __device__ constexpr int round_up4(int n) {
   return (n + 3) / 4 * 4;
 }
