@@ -75,6 +75,35 @@ def test_ops_that_write_their_arguments_bump_versions(op):
     assert has_kernel == writes, f"{op}: writes its arguments: {writes}, ADInplaceOrView kernel: {has_kernel}"
 
 
+# Each Triton op and the C++ op it stands in for: one schema, so a backend is a choice of op name.
+TRITON_TWINS = {
+    "linear_relu_fwd_triton": "linear_relu_fwd",
+    "linear_relu_bwd_triton": "linear_relu_bwd",
+    "cross_entropy_fwd_triton": "cross_entropy_fwd",
+    "cross_entropy_fwd_inplace_triton": "cross_entropy_fwd_inplace",
+    "scale_grad_unless_one_triton": "scale_grad_unless_one_",
+    "fused_sgd_triton_": "fused_sgd_",
+    "mlp_fwd_triton": "mlp_fwd",
+    "mlp_bwd_triton": "mlp_bwd",
+}
+
+
+@pytest.mark.parametrize("triton_op", TRITON_TWINS)
+def test_triton_ops_have_their_cpp_twins_schema(triton_op):
+    if not _backend.HAS_TRITON:
+        pytest.skip("no Triton here")
+    assert _backend.HAS_EXTENSION, _backend._EXTENSION_ERROR
+    cpp_op = TRITON_TWINS[triton_op]
+    triton_schema = torch._C._get_schema(f"fusedmlp::{triton_op}", "")
+    cpp_schema = torch._C._get_schema(f"fusedmlp::{cpp_op}", "")
+    assert str(triton_schema).replace(triton_op, cpp_op, 1) == str(cpp_schema)
+    # Defined from the schema (fusedmlp/ops/_triton_registration.py), not torch.library.custom_op,
+    # whose Python kernels on the Autograd key and around the backend cost more than small kernels.
+    ops_with_operator_autograd = ("linear_relu_fwd_triton", "cross_entropy_fwd_triton")
+    has_autograd = torch._C._dispatch_has_kernel_for_dispatch_key(f"fusedmlp::{triton_op}", "Autograd")
+    assert has_autograd == (triton_op in ops_with_operator_autograd)
+
+
 @pytest.mark.parametrize("op", CUDA_OPS)
 def test_cuda_kernels_registered(op):
     if not _cuda_build_expected():

@@ -301,8 +301,10 @@ def test_scale_grad_unless_one(backend, device, dtype):
     before = g.clone()
     ops.scale_grad_unless_one_(g, torch.ones(1, device=device, dtype=dtype), backend)
     assert torch.equal(g, before)
+    version = g._version
     ops.scale_grad_unless_one_(g, torch.full((1,), 2.5, device=device, dtype=dtype), backend)
     assert torch.equal(g, before * torch.tensor(2.5, device=device, dtype=dtype))
+    assert g._version > version  # autograd sees the write, as after an ATen in-place op
     ops.scale_grad_unless_one_(g, torch.full((), float("nan"), device=device, dtype=dtype), backend)
     assert g.isnan().all()
     if backend == "torch":

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from fusedmlp._backend import HAS_EXTENSION, HAS_TRITON
 from fusedmlp.ops._checks import checkers
+from fusedmlp.ops._triton_registration import define_triton_op
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -196,7 +197,12 @@ if HAS_EXTENSION:
 
 if HAS_TRITON:
 
-    @torch.library.custom_op("fusedmlp::cross_entropy_fwd_triton", mutates_args=())
+    @define_triton_op(
+        "cross_entropy_fwd_triton",
+        "(Tensor logits, Tensor target, Tensor? weight, int ignore_index, float label_smoothing, "
+        "Tensor? grad_scale, bool compute_grad) -> (Tensor loss, Tensor grad_logits)",
+        _cross_entropy_fwd_fake,
+    )
     def cross_entropy_fwd_triton(
         logits: Tensor,
         target: Tensor,
@@ -215,7 +221,12 @@ if HAS_TRITON:
         loss = kernels.cross_entropy_fwd_triton(logits, target, weight, ignore_index, label_smoothing, grad_scale, grad)
         return loss, grad if grad is not None else logits.new_empty((0,))
 
-    @torch.library.custom_op("fusedmlp::cross_entropy_fwd_inplace_triton", mutates_args=("logits",))
+    @define_triton_op(
+        "cross_entropy_fwd_inplace_triton",
+        "(Tensor(a!) logits, Tensor target, Tensor? weight, int ignore_index, float label_smoothing, "
+        "Tensor? grad_scale) -> Tensor loss",
+        _cross_entropy_fwd_inplace_fake,
+    )
     def cross_entropy_fwd_inplace_triton(
         logits: Tensor,
         target: Tensor,
@@ -231,20 +242,21 @@ if HAS_TRITON:
         check(logits.is_contiguous(), lambda: "cross_entropy_fwd_inplace: needs contiguous logits [N, C]")
         if target.dim() == 1 and target.device.type == "cpu":
             check_targets_in_range(target, logits.shape[1], ignore_index)
-        return kernels.cross_entropy_fwd_triton(
+        loss = kernels.cross_entropy_fwd_triton(
             logits, target, weight, ignore_index, label_smoothing, grad_scale, logits
         )
+        torch.autograd.graph.increment_version(logits)  # the schema's (a!): see _triton_registration
+        return loss
 
-    @torch.library.custom_op("fusedmlp::scale_grad_unless_one_triton", mutates_args=("grad",))
+    @define_triton_op(
+        "scale_grad_unless_one_triton", "(Tensor(a!) grad, Tensor scale) -> ()", _scale_grad_unless_one_fake
+    )
     def scale_grad_unless_one_triton(grad: Tensor, scale: Tensor) -> None:
         from fusedmlp.triton_kernels import cross_entropy as kernels
 
         _scale_grad_unless_one_fake(grad, scale, eager=True)  # the checks
         kernels.scale_grad_unless_one_triton(grad, scale)
-
-    scale_grad_unless_one_triton.register_fake(_scale_grad_unless_one_fake)
-    cross_entropy_fwd_triton.register_fake(_cross_entropy_fwd_fake)
-    cross_entropy_fwd_inplace_triton.register_fake(_cross_entropy_fwd_inplace_fake)
+        torch.autograd.graph.increment_version(grad)
 
 
 def cross_entropy_fwd_torch(

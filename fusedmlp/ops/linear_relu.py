@@ -16,6 +16,7 @@ from torch import Tensor
 
 from fusedmlp._backend import HAS_EXTENSION, HAS_TRITON
 from fusedmlp.ops._checks import checkers
+from fusedmlp.ops._triton_registration import define_triton_op
 
 
 def _check_linear_relu_args(input: Tensor, weight: Tensor, bias: Optional[Tensor], eager: bool = False) -> None:
@@ -85,24 +86,30 @@ if HAS_EXTENSION:
 
 if HAS_TRITON:
 
-    @torch.library.custom_op("fusedmlp::linear_relu_fwd_triton", mutates_args=())
+    @define_triton_op(
+        "linear_relu_fwd_triton",
+        "(Tensor input, Tensor weight, Tensor? bias, bool relu) -> Tensor",
+        _linear_relu_fwd_fake,
+    )
     def linear_relu_fwd_triton(input: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool) -> Tensor:
         from fusedmlp.triton_kernels import linear_relu as kernels
 
         _check_linear_relu_args(input, weight, bias, eager=True)
         return kernels.linear_relu_fwd_triton(input, weight, bias, relu)
 
-    @torch.library.custom_op("fusedmlp::linear_relu_bwd_triton", mutates_args=())
+    @define_triton_op(
+        "linear_relu_bwd_triton",
+        "(Tensor grad_output, Tensor input, Tensor weight, Tensor output, bool relu, bool[3] output_mask) "
+        "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)",
+        _linear_relu_bwd_fake,
+    )
     def linear_relu_bwd_triton(
-        grad_output: Tensor, input: Tensor, weight: Tensor, output: Tensor, relu: bool, output_mask: Sequence[bool]
+        grad_output: Tensor, input: Tensor, weight: Tensor, output: Tensor, relu: bool, output_mask: list[bool]
     ) -> tuple[Tensor, Tensor, Tensor]:
         from fusedmlp.triton_kernels import linear_relu as kernels
 
         _check_linear_relu_bwd_args(grad_output, input, weight, output, eager=True)
-        return kernels.linear_relu_bwd_triton(grad_output, input, weight, output, relu, list(output_mask))
-
-    linear_relu_fwd_triton.register_fake(_linear_relu_fwd_fake)
-    linear_relu_bwd_triton.register_fake(_linear_relu_bwd_fake)
+        return kernels.linear_relu_bwd_triton(grad_output, input, weight, output, relu, output_mask)
 
 
 def linear_relu_fwd_torch(input: Tensor, weight: Tensor, bias: Optional[Tensor], relu: bool) -> Tensor:

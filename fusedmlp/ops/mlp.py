@@ -19,6 +19,7 @@ from torch import Tensor
 
 from fusedmlp._backend import HAS_EXTENSION, HAS_TRITON
 from fusedmlp.ops._checks import checkers
+from fusedmlp.ops._triton_registration import define_triton_op
 
 # Backends whose whole-network op takes any network.
 NETWORK_BACKENDS = ("cpu", "torch")
@@ -168,14 +169,23 @@ if HAS_EXTENSION:
 
 if HAS_TRITON:
 
-    @torch.library.custom_op("fusedmlp::mlp_fwd_triton", mutates_args=())
+    @define_triton_op(
+        "mlp_fwd_triton",
+        "(Tensor input, Tensor[] weights, Tensor[] biases) -> (Tensor output, Tensor[] activations)",
+        _mlp_fwd_fake,
+    )
     def mlp_fwd_triton(input: Tensor, weights: list[Tensor], biases: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         from fusedmlp.triton_kernels import mlp as kernels
 
         _check_mlp_args(input, weights, biases, eager=True)
         return kernels.mlp_fwd_triton(input, weights, biases)
 
-    @torch.library.custom_op("fusedmlp::mlp_bwd_triton", mutates_args=())
+    @define_triton_op(
+        "mlp_bwd_triton",
+        "(Tensor grad_output, Tensor input, Tensor[] weights, Tensor[] activations, bool input_grad, "
+        "bool[] weight_grads, bool[] bias_grads) -> (Tensor grad_input, Tensor[] grad_weights, Tensor[] grad_biases)",
+        _mlp_bwd_fake,
+    )
     def mlp_bwd_triton(
         grad_output: Tensor,
         input: Tensor,
@@ -188,12 +198,7 @@ if HAS_TRITON:
         from fusedmlp.triton_kernels import mlp as kernels
 
         _check_mlp_bwd_args(grad_output, input, weights, activations, weight_grads, bias_grads, eager=True)
-        return kernels.mlp_bwd_triton(
-            grad_output, input, weights, activations, input_grad, list(weight_grads), list(bias_grads)
-        )
-
-    mlp_fwd_triton.register_fake(_mlp_fwd_fake)
-    mlp_bwd_triton.register_fake(_mlp_bwd_fake)
+        return kernels.mlp_bwd_triton(grad_output, input, weights, activations, input_grad, weight_grads, bias_grads)
 
 
 def mlp_fwd_torch(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from fusedmlp._backend import HAS_EXTENSION, HAS_TRITON
+from fusedmlp.ops._triton_registration import define_triton_op
 
 
 def _check_fused_sgd_args(
@@ -97,8 +98,7 @@ if HAS_EXTENSION:
     torch.library.register_fake("fusedmlp::fused_sgd_")(_fused_sgd_fake)
 
 
-# The schema of every fused_sgd_ variant (csrc/fusedmlp.cpp). torch.library.custom_op does not
-# accept keyword-only tensors, so the Triton op is defined from this schema instead.
+# The schema of every fused_sgd_ variant (csrc/fusedmlp.cpp).
 FUSED_SGD_SCHEMA = (
     "(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, *, float weight_decay, "
     "float momentum, Tensor? lr_tensor, float lr, float dampening, bool nesterov, bool maximize, "
@@ -106,21 +106,17 @@ FUSED_SGD_SCHEMA = (
 )
 
 if HAS_TRITON:
-    torch.library.define("fusedmlp::fused_sgd_triton_", FUSED_SGD_SCHEMA)
 
-    @torch.library.impl("fusedmlp::fused_sgd_triton_", ("cpu", "cuda"))
+    @define_triton_op("fused_sgd_triton_", FUSED_SGD_SCHEMA, _fused_sgd_fake)
     def _fused_sgd_triton_impl(params: list[Tensor], grads: list[Tensor], momentum_buffers: list[Tensor], **kwargs):
         from fusedmlp.triton_kernels import sgd as kernels
 
         _fused_sgd_fake(params, grads, momentum_buffers, **kwargs)  # argument checks only
         kernels.fused_sgd_triton_(params, grads, momentum_buffers, **kwargs)
-        # Autograd sees in-place writes through version counters (a graph that saved a param
-        # then raises at backward, as after torch.optim.SGD); an op defined from a schema gets
-        # no ADInplaceOrView kernel to bump them (the C++ ops': csrc/autograd/inplace_or_view.cpp).
+        # The schema's (a!) and (b!): autograd sees in-place writes through version counters (a
+        # graph that saved a param then raises at backward, as after torch.optim.SGD).
         torch.autograd.graph.increment_version(params)
         torch.autograd.graph.increment_version(momentum_buffers)
-
-    torch.library.register_fake("fusedmlp::fused_sgd_triton_")(_fused_sgd_fake)
 
 
 def fused_sgd_torch_(
