@@ -4,7 +4,11 @@ microseconds while the eager-launched step takes the better part of a millisecon
 cross-entropy forward+backward at 4096 x 8192 fp32, where the Triton backend took 1.1 ms against
 0.23 ms for the CUDA one (issue 3). For each provider: the wall time per call, then the Python
 functions that take that time (cProfile, sorted by own time), so the Triton launchers' host
-cost can be told from the framework's. Prints text.
+cost can be told from the framework's; the garbage collections that land in the timed calls (a
+collection is charged to whatever frame allocated, and once put 0.36 ms per call in torch's
+custom-op wrapper's own time on the H200's host) and the wall time with the collector off; and
+the CUDA runtime and driver calls per call with their host time (torch.profiler; CPU-side
+events only: what each launch and copy costs on that host). Prints text.
 
     python bench/gpu_host_probe.py [--device cuda] [--providers eager,fusedmlp:cuda,fusedmlp:triton]
 
@@ -13,6 +17,7 @@ cost can be told from the framework's. Prints text.
 
 import argparse
 import cProfile
+import gc
 import io
 import pstats
 import time
@@ -46,15 +51,73 @@ def _cross_entropy_call(provider: str, device: torch.device):
     return call
 
 
-def probe(name: str, call, device: torch.device, calls: int = 200, rows: int = 22) -> str:
-    for _ in range(20):
-        call()
+class _Collections:
+    """Garbage collections while active: how many per generation, and their total time."""
+
+    def __init__(self) -> None:
+        self.count = [0, 0, 0]
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.count[info["generation"]] += 1
+            self.seconds += time.perf_counter() - self._start
+
+    def __enter__(self):
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def __str__(self) -> str:
+        return f"{sum(self.count)} collections (generations 0/1/2: {self.count}), {self.seconds * 1e3:.2f} ms"
+
+
+def _timed(call, device: torch.device, calls: int) -> float:
     synchronize(device)
     start = time.perf_counter()
     for _ in range(calls):
         call()
     synchronize(device)
-    wall_us = (time.perf_counter() - start) / calls * 1e6
+    return (time.perf_counter() - start) / calls * 1e6
+
+
+def _driver_calls(call, device: torch.device, calls: int) -> str:
+    """The CUDA runtime/driver API calls of `calls` calls (host-side events of torch.profiler),
+    per call: count and host time each."""
+    if device.type != "cuda":
+        return "(no CUDA API calls off a GPU)"
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(calls):
+            call()
+        synchronize(device)
+    lines = []
+    for event in sorted(prof.key_averages(), key=lambda e: -e.cpu_time_total):
+        host_side = event.device_type == torch.autograd.DeviceType.CPU  # not the kernels themselves
+        if host_side and event.key.startswith("cu") and event.key != "cudaDeviceSynchronize":
+            per_call = event.count / calls
+            lines.append(
+                f"  {event.key:40s} {per_call:5.1f} per call, {event.cpu_time_total / event.count:7.1f} us each"
+            )
+    return "\n".join(lines) if lines else "(the profiler saw no CUDA API calls)"
+
+
+def probe(name: str, call, device: torch.device, calls: int = 200, rows: int = 22) -> str:
+    for _ in range(20):
+        call()
+    with _Collections() as collections:
+        wall_us = _timed(call, device, calls)
+    gc.collect()
+    gc.disable()
+    try:
+        wall_without_gc_us = _timed(call, device, calls)
+    finally:
+        gc.enable()
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(calls):
@@ -63,7 +126,12 @@ def probe(name: str, call, device: torch.device, calls: int = 200, rows: int = 2
     profiler.disable()
     text = io.StringIO()
     pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(rows)
-    return f"== {name}: {wall_us:.1f} us per call (without the profiler)\n{text.getvalue()}"
+    return (
+        f"== {name}: {wall_us:.1f} us per call (without the profiler), {wall_without_gc_us:.1f} us with the "
+        f"garbage collector off\n"
+        f"garbage collection in the {calls} timed calls: {collections}\n"
+        f"CUDA API calls per call:\n{_driver_calls(call, device, min(calls, 50))}\n{text.getvalue()}"
+    )
 
 
 def main() -> None:
