@@ -288,6 +288,20 @@ def test_fp32_mlp_kernels_keep_their_measured_occupancy():
                 )
 
 
+@pytest.mark.slow
+def test_sgd_kernels_read_the_inline_table_in_place():
+    """The CUDA SGD step passes a small group's table in the kernel's arguments and each block
+    indexes it at run time (csrc/cuda/sgd.cu): it must read the entries where they are (LDC),
+    with no stack frame or local memory holding a per-thread copy of the 1.3 KB table."""
+    usage_by_arch = _cuobjdump_by_arch_and_function("-res-usage")
+    for arch in ("sm_80", "sm_90"):
+        inline = {name: usage for name, usage in usage_by_arch[arch].items() if "fused_sgd_kernel" in name}
+        inline = {name: usage for name, usage in inline.items() if "InlineTable" in name}
+        assert len(inline) == 4, f"{arch}: expected the inline-table SGD kernel for 4 dtypes, found {sorted(inline)}"
+        for name, usage in inline.items():
+            assert re.search(r"STACK:0\b", usage) and re.search(r"LOCAL:0\b", usage), f"{arch} {name}: {usage}"
+
+
 @pytest.mark.parametrize("widths,match", UNCOVERED_MLP_SHAPES)
 def test_cuda_mlp_host_checks_reject_uncovered_shapes_without_a_gpu(widths, match):
     """The CUDA MLP kernels' host-side coverage checks, run here without a GPU: fake CUDA tensors

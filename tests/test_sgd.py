@@ -93,14 +93,27 @@ def test_trajectory_matches_torch(backend, device, dtype, name):
         torch.testing.assert_close(opt.state[a].get("momentum_buffer"), ref.state[b].get("momentum_buffer"))
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
-def test_many_tensors_with_empty_ones_at_both_ends(backend, device):
-    """One group of 41 tensors of 0 to 100 elements, empty ones first, last and in runs: every
-    block of the one launch finds its tensor (the Triton kernel searches the blocks' table)."""
-    require(backend, device)
+def _small_sizes_with_empties(count: int) -> list[int]:
     gen = torch.Generator().manual_seed(5)
-    sizes = [0, 0, *torch.randint(0, 101, (37,), generator=gen).tolist(), 0, 0]
+    sizes = [0, 0, *torch.randint(0, 101, (count - 4,), generator=gen).tolist(), 0, 0]
     sizes[10:13] = [0, 0, 0]
+    return sizes
+
+
+@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+@pytest.mark.parametrize(
+    "sizes",
+    [_small_sizes_with_empties(41), _small_sizes_with_empties(19), [10000, 0, 4096, 4097, 1, 8191]],
+    ids=["41-small", "19-small", "several-blocks"],
+)
+def test_every_block_finds_its_tensor(backend, device, sizes):
+    """One launch for a group of tensors, and every block of it finds its tensor (the kernels
+    search the tensors' first blocks): 0 to 100 elements with empty tensors first, last and in
+    runs (41 of them: the CUDA kernel reads its table from device memory; 19: from its
+    arguments, csrc/cuda/sgd.cu), and tensors of several blocks (4096 elements each in the CUDA
+    kernel) around the block edges."""
+    require(backend, device)
+    gen = torch.Generator().manual_seed(6)
     ours = [torch.randn(n, generator=gen, dtype=torch.float64).to(device).requires_grad_() for n in sizes]
     theirs = clone_params(ours)
     options = dict(lr=0.1, momentum=0.9, weight_decay=0.01)

@@ -1,17 +1,21 @@
 // Fused SGD step on CUDA: a multi-tensor apply in which one launch updates every tensor of a
 // (device, dtype) group.
 //
-// Where apex and PyTorch pass tensor addresses in the kernel's argument buffer (and launch
-// again whenever a fixed-size table fills up), this passes one int64 table through device
-// memory, so any number of tensors takes one launch. The host writes the table into pinned
-// memory and copies it asynchronously on the current stream, so the host never waits:
+// The launch describes the group with one table of int64 entries:
 //
-//   [0, T)        param addresses        T = number of tensors
-//   [T, 2T)       grad addresses
-//   [2T, 3T)      momentum buffer addresses (the params again when momentum == 0)
-//   [3T, 4T)      numels
-//   [4T, 4T+B)    per CUDA block: the tensor it updates         B = number of blocks
-//   [4T+B, 4T+2B) per CUDA block: its first element in that tensor (a multiple of kChunk)
+//   [0, T)          param addresses        T = number of tensors
+//   [T, 2T)         grad addresses
+//   [2T, 3T)        momentum buffer addresses (the params again when momentum == 0)
+//   [3T, 4T)        numels
+//   [4T, 5T + 1)    each tensor's first CUDA block (kChunk elements per block); the last entry
+//                   is the number of blocks. A block finds its tensor by binary search.
+//
+// Up to kInlineTensors tensors (a network's weights and biases) the table travels in the kernel's
+// arguments, by value, as apex and PyTorch pass tensor addresses: a step is one launch and no
+// other CUDA call, and a CUDA graph captures the table in the kernel node itself. A larger group
+// passes it through device memory (one launch for any number of tensors, where apex and PyTorch
+// launch again whenever their fixed-size argument table fills up): written into pinned memory
+// and copied asynchronously on the current stream, so the host never waits.
 //
 // The indexing (SgdChunkFunctor: which tensor, which elements) is kept apart from the
 // arithmetic, which is fusedmlp::sgd_math from csrc/include/fusedmlp/sgd.h, shared with the
@@ -34,6 +38,21 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int64_t kChunk = 4096;  // elements per CUDA block: 16 per thread
+// 5 * 32 + 1 entries: 1288 bytes of kernel arguments, inside the 4 KB every driver takes.
+constexpr int64_t kInlineTensors = 32;
+constexpr int64_t kInlineEntries = 5 * kInlineTensors + 1;
+
+// The table passed by value (kernel arguments; read through the constant cache).
+struct InlineTable {
+  int64_t entries[kInlineEntries];
+  __device__ int64_t operator[](int64_t i) const { return entries[i]; }
+};
+
+// The table in device memory.
+struct DeviceTable {
+  const int64_t* entries;
+  __device__ int64_t operator[](int64_t i) const { return entries[i]; }
+};
 
 // Device-side scalars: each pointer is null when the corresponding argument is absent.
 struct SgdDeviceScalars {
@@ -43,20 +62,38 @@ struct SgdDeviceScalars {
   const float* first_step_skipped;   // nonzero: this is still the buffers' first step
 };
 
+// The tensor that CUDA block `block` updates: the last t whose first block is <= block (a tensor
+// with no elements has no blocks, and the next one starts where it would have).
+template <typename Table>
+__device__ int64_t tensor_of_block(const Table& table, int64_t num_tensors, int64_t block) {
+  const int64_t first_block = 4 * num_tensors;
+  int64_t low = 0, high = num_tensors - 1;  // table[first_block] == 0 <= block
+  while (low < high) {
+    const int64_t mid = (low + high + 1) / 2;
+    if (table[first_block + mid] <= block) {
+      low = mid;
+    } else {
+      high = mid - 1;
+    }
+  }
+  return low;
+}
+
 template <typename scalar_t>
 struct SgdChunkFunctor {
   using opmath_t = at::opmath_type<scalar_t>;
 
-  __device__ void operator()(const int64_t* table, int64_t num_tensors, int64_t num_blocks, int64_t block,
-                             SgdCoeffs<opmath_t> coeffs, SgdFlags flags, const SgdDeviceScalars& scalars) const {
+  template <typename Table>
+  __device__ void operator()(const Table& table, int64_t num_tensors, int64_t block, SgdCoeffs<opmath_t> coeffs,
+                             SgdFlags flags, const SgdDeviceScalars& scalars) const {
     if (scalars.found_inf != nullptr && *scalars.found_inf != 0.f) return;
     if (scalars.lr != nullptr) coeffs.neg_lr = static_cast<opmath_t>(-*scalars.lr);
     if (scalars.first_step_skipped != nullptr && *scalars.first_step_skipped != 0.f) flags.first_step = true;
     const opmath_t grad_scale =
         scalars.grad_scale != nullptr ? static_cast<opmath_t>(*scalars.grad_scale) : opmath_t(1);
 
-    const int64_t tensor = table[4 * num_tensors + block];
-    const int64_t start = table[4 * num_tensors + num_blocks + block];
+    const int64_t tensor = tensor_of_block(table, num_tensors, block);
+    const int64_t start = (block - table[4 * num_tensors + tensor]) * kChunk;
     const int64_t numel = table[3 * num_tensors + tensor];
     auto* param = reinterpret_cast<scalar_t*>(table[tensor]);
     const auto* grad = reinterpret_cast<const scalar_t*>(table[num_tensors + tensor]);
@@ -75,12 +112,23 @@ struct SgdChunkFunctor {
   }
 };
 
-template <typename scalar_t>
+// __grid_constant__: the block indexes the by-value table at run time, so it must be read where
+// the arguments live (uniform constant loads, checked in tests/test_build.py), never copied
+// into each thread's local memory first, which the compiler may do for an indexed by-value array.
+template <typename scalar_t, typename Table>
 __global__ void __launch_bounds__(kThreads)
-    fused_sgd_kernel(const int64_t* table, int64_t num_tensors, int64_t num_blocks,
+    fused_sgd_kernel(const __grid_constant__ Table table, int64_t num_tensors,
                      SgdCoeffs<at::opmath_type<scalar_t>> coeffs, SgdFlags flags, SgdDeviceScalars scalars) {
-  SgdChunkFunctor<scalar_t>{}(table, num_tensors, num_blocks, static_cast<int64_t>(blockIdx.x), coeffs, flags,
-                              scalars);
+  SgdChunkFunctor<scalar_t>{}(table, num_tensors, static_cast<int64_t>(blockIdx.x), coeffs, flags, scalars);
+}
+
+template <typename scalar_t, typename Table>
+void launch_fused_sgd(const Table& table, int64_t num_tensors, int64_t num_blocks,
+                      SgdCoeffs<at::opmath_type<scalar_t>> coeffs, SgdFlags flags, SgdDeviceScalars scalars) {
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  fused_sgd_kernel<scalar_t, Table><<<static_cast<unsigned int>(num_blocks), kThreads, 0, stream>>>(
+      table, num_tensors, coeffs, flags, scalars);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 void fused_sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum_buffers,
@@ -97,33 +145,21 @@ void fused_sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
   // The kernel walks contiguous memory; strided tensors go through contiguous copies.
   const int64_t count = static_cast<int64_t>(params.size());
   std::vector<at::Tensor> work_params(count), work_grads(count), work_bufs(has_momentum ? count : 0);
-  std::vector<int64_t> block_tensor, block_start;
+  std::vector<int64_t> entries(5 * count + 1);
+  entries[4 * count] = 0;
   for (int64_t t = 0; t < count; ++t) {
     work_params[t] = params[t].contiguous();
     work_grads[t] = grads[t].contiguous();
     if (has_momentum) work_bufs[t] = momentum_buffers[t].contiguous();
-    for (int64_t begin = 0; begin < params[t].numel(); begin += kChunk) {
-      block_tensor.push_back(t);
-      block_start.push_back(begin);
-    }
+    entries[t] = reinterpret_cast<int64_t>(work_params[t].data_ptr());
+    entries[count + t] = reinterpret_cast<int64_t>(work_grads[t].data_ptr());
+    entries[2 * count + t] =
+        reinterpret_cast<int64_t>(has_momentum ? work_bufs[t].data_ptr() : work_params[t].data_ptr());
+    entries[3 * count + t] = params[t].numel();
+    entries[4 * count + t + 1] = entries[4 * count + t] + (params[t].numel() + kChunk - 1) / kChunk;
   }
-  const int64_t num_blocks = static_cast<int64_t>(block_tensor.size());
+  const int64_t num_blocks = entries[5 * count];
   if (num_blocks > 0) {
-    at::Tensor host_table =
-        at::empty({4 * count + 2 * num_blocks}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
-    int64_t* h = host_table.data_ptr<int64_t>();
-    for (int64_t t = 0; t < count; ++t) {
-      h[t] = reinterpret_cast<int64_t>(work_params[t].data_ptr());
-      h[count + t] = reinterpret_cast<int64_t>(work_grads[t].data_ptr());
-      h[2 * count + t] = reinterpret_cast<int64_t>(has_momentum ? work_bufs[t].data_ptr() : work_params[t].data_ptr());
-      h[3 * count + t] = params[t].numel();
-    }
-    std::copy(block_tensor.begin(), block_tensor.end(), h + 4 * count);
-    std::copy(block_start.begin(), block_start.end(), h + 4 * count + num_blocks);
-    // Asynchronous from pinned memory; the caching host allocator keeps the pinned block
-    // alive until the copy has run.
-    const at::Tensor table = host_table.to(params[0].device(), /*non_blocking=*/true);
-
     // Scalars read on the device, in the types the kernel reads them.
     const at::Tensor lr_device = lr_tensor.has_value() ? lr_tensor->to(at::kDouble).reshape({}) : at::Tensor();
     auto as_float = [](const std::optional<at::Tensor>& t) {
@@ -138,15 +174,28 @@ void fused_sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
         first_step_skipped_f.defined() ? first_step_skipped_f.const_data_ptr<float>() : nullptr,
     };
     const SgdFlags flags{weight_decay != 0.0, has_momentum, nesterov, maximize, is_first_step};
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    at::Tensor device_entries;  // the large-group table, alive until the launch is queued
+    if (count > kInlineTensors) {
+      at::Tensor host_entries =
+          at::empty({5 * count + 1}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+      std::copy(entries.begin(), entries.end(), host_entries.data_ptr<int64_t>());
+      // Asynchronous from pinned memory; the caching host allocator keeps the pinned block
+      // alive until the copy has run.
+      device_entries = host_entries.to(params[0].device(), /*non_blocking=*/true);
+    }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_sgd_cuda", [&] {
       using opmath_t = at::opmath_type<scalar_t>;
       const SgdCoeffs<opmath_t> coeffs{static_cast<opmath_t>(weight_decay), static_cast<opmath_t>(momentum),
                                        static_cast<opmath_t>(1.0 - dampening), static_cast<opmath_t>(-lr),
                                        opmath_t(-1)};
-      fused_sgd_kernel<scalar_t><<<static_cast<unsigned int>(num_blocks), kThreads, 0, stream>>>(
-          table.const_data_ptr<int64_t>(), count, num_blocks, coeffs, flags, scalars);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      if (count <= kInlineTensors) {
+        InlineTable table{};
+        std::copy(entries.begin(), entries.end(), table.entries);
+        launch_fused_sgd<scalar_t>(table, count, num_blocks, coeffs, flags, scalars);
+      } else {
+        launch_fused_sgd<scalar_t>(DeviceTable{device_entries.const_data_ptr<int64_t>()}, count, num_blocks,
+                                   coeffs, flags, scalars);
+      }
     });
   }
 
