@@ -352,6 +352,101 @@ def test_rejects_bad_arguments():
 
 
 # ---------------------------------------------------------------------------------------
+# Launch tables (triton_kernels/_launch.py): the device copies of the launchers' tables, kept
+# by content. Without a GPU the CUDA path runs with its three CUDA calls stood in for.
+
+
+@pytest.fixture
+def cuda_stand_ins(monkeypatch):
+    """get() on a "cuda" device without a GPU: the current stream, the capture flag and the
+    host-to-device copy replaced by settable stand-ins; returns (state, copies made)."""
+    from fusedmlp.triton_kernels import _launch
+
+    state = {"stream": 11, "capturing": False}
+    copies = []
+
+    def copy(entries, device):
+        copies.append(list(entries))
+        return torch.tensor(entries, dtype=torch.int64)
+
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: state["stream"], raising=False)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: state["capturing"])
+    monkeypatch.setattr(_launch, "_copy_to_device", copy)
+    return state, copies
+
+
+def test_launch_tables_are_kept_by_content_per_stream(cuda_stand_ins):
+    from fusedmlp.triton_kernels._launch import LaunchTables
+
+    state, copies = cuda_stand_ins
+    tables, gpu = LaunchTables(capacity=3), torch.device("cuda", 0)
+    first = tables.get([1, 2, 3], gpu)
+    assert first.tolist() == [1, 2, 3] and first.dtype == torch.int64
+    assert tables.get([1, 2, 3], gpu) is first and len(copies) == 1
+    assert tables.get([1, 2, 4], gpu).tolist() == [1, 2, 4] and len(copies) == 2
+    state["stream"] = 12  # another stream copies its own: only its kernels are ordered after that copy
+    assert tables.get([1, 2, 3], gpu) is not first and len(copies) == 3
+    assert tables.get([1, 2, 3], torch.device("cuda", 1)) is not first and len(copies) == 4
+    assert len(tables) == 3  # capacity: [1, 2, 3] on stream 11 was the least recently used
+    state["stream"] = 11
+    assert tables.get([1, 2, 3], gpu) is not first and len(copies) == 5
+
+
+def test_launch_tables_keep_nothing_while_a_graph_is_captured(cuda_stand_ins):
+    from fusedmlp.triton_kernels._launch import LaunchTables
+
+    state, copies = cuda_stand_ins
+    tables, gpu = LaunchTables(), torch.device("cuda", 0)
+    kept = tables.get([5, 6], gpu)
+    state["capturing"] = True
+    captured = tables.get([5, 6], gpu)
+    assert captured is not kept and captured.tolist() == [5, 6] and len(copies) == 2
+    assert tables.get([7], gpu).tolist() == [7] and len(tables) == 1
+    state["capturing"] = False
+    assert tables.get([5, 6], gpu) is kept
+
+
+def test_launch_tables_on_cpu_are_made_per_launch():
+    from fusedmlp.triton_kernels._launch import LaunchTables
+
+    tables = LaunchTables()
+    table = tables.get([3, -1, 2**40], torch.device("cpu"))
+    assert table.tolist() == [3, -1, 2**40] and len(tables) == 0
+
+
+@pytest.mark.gpu
+def test_a_training_loop_copies_no_launch_table_after_warm_up(monkeypatch):
+    """What the cache is for: once the caching allocator has settled, a Triton training step
+    (forward, backward, SGD) finds every table it launches with."""
+    from fusedmlp.triton_kernels import _launch
+
+    import fusedmlp
+
+    if not torch.cuda.is_available() or TRITON_DEVICE != "cuda":
+        pytest.skip("needs a CUDA device and the compiled Triton kernels")
+    torch.manual_seed(0)
+    model = fusedmlp.FusedMLP(2, 2, (30, 20), backend="triton").cuda()
+    optimizer = fusedmlp.FusedSGD(model.parameters(), lr=0.1, momentum=0.9, backend="triton")
+    loss_fn = fusedmlp.FusedCrossEntropyLoss(backend="triton")
+    x, y = torch.randn(4096, 2, device="cuda"), torch.randint(0, 2, (4096,), device="cuda")
+
+    def step():
+        optimizer.zero_grad()
+        loss_fn(model(x), y).backward()
+        optimizer.step()
+
+    for _ in range(3):
+        step()
+    copies = []
+    copy = _launch._copy_to_device
+    monkeypatch.setattr(_launch, "_copy_to_device", lambda entries, device: copies.append(1) or copy(entries, device))
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+    assert not copies, f"{len(copies)} tables copied in 5 steps after warm-up"
+
+
+# ---------------------------------------------------------------------------------------
 # AOT compile for sm_80 / sm_90, no GPU needed (tests/support.py runs the compile script).
 
 

@@ -20,7 +20,8 @@ Layers are a runtime loop, not unrolled: the compiled code (and its compile time
 the FMA dots of fp32 at W = 128 was ~30 s per unrolled layer) does not grow with the depth,
 and one binary per (dtype, W, BLOCK_M, flags) serves every depth up to MAX_LAYERS.
 Per-layer pointers and dims come from one int64 table built on the host (copied to the device
-in one asynchronous transfer from pinned memory), TABLE_STRIDE entries per layer:
+in one asynchronous transfer from pinned memory, and kept for the next launch with the same
+contents: ``_launch.LaunchTables``), TABLE_STRIDE entries per layer:
 
     [0] weight   [1] bias (0 without)   [2] in features   [3] out features
     [4] forward: this layer's output (activation i, or the network output for the last layer);
@@ -51,7 +52,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import acc_dtype, aot_spec, cdiv, device_guard, next_power_of_2, sm_count
+from ._launch import LAUNCH_TABLES, acc_dtype, aot_spec, cdiv, device_guard, next_power_of_2, sm_count
 
 __all__ = [
     "mlp_fwd_triton",
@@ -464,14 +465,6 @@ def _check_args(op: str, input: Tensor, weights: Sequence[Tensor], biases: Seque
 # Launchers.
 
 
-def _to_device_table(entries: list[int], device: torch.device) -> Tensor:
-    host = torch.tensor(entries, dtype=torch.int64)
-    if device.type == "cuda":
-        # Pinned memory makes the copy asynchronous: the host does not wait for the stream.
-        return host.pin_memory().to(device, non_blocking=True)
-    return host
-
-
 def _int32_tile_offsets(t: Tensor, block_m: int, width: int) -> Tensor:
     """`t` itself when the element offsets inside one [block_m, width] tile fit in int32 (the
     kernels index tiles that way), else a contiguous copy (row stride <= MAX_WIDTH)."""
@@ -534,7 +527,7 @@ def mlp_fwd_triton(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Te
         entries = []
         for i, (w, out) in enumerate(zip(weights, outputs)):
             entries += _table_entry(widths[i], widths[i + 1], w, biases[i] if biases else None, out)
-        table = _to_device_table(entries, input.device)
+        table = LAUNCH_TABLES.get(entries, input.device)
         with device_guard(input):
             _mlp_fwd_kernel[(cdiv(M, block_m),)](
                 table,
@@ -625,7 +618,7 @@ def mlp_bwd_triton(
         ws_stride += block_m * width  # the program's scratch rows for g (see the kernel)
     ws_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     workspace = torch.empty(max(num_programs, 1) * ws_stride, dtype=ws_dtype, device=input.device)
-    table = _to_device_table(entries, input.device)
+    table = LAUNCH_TABLES.get(entries, input.device)
     with device_guard(input):
         if num_tiles > 0:
             _mlp_bwd_kernel[(num_programs,)](

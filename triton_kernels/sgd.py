@@ -1,6 +1,7 @@
 """Triton multi-tensor SGD step: one launch updates every tensor of a (device, dtype) group.
 
-The launch gets one int64 table built on the host and copied to the device in one transfer:
+The launch gets one int64 table built on the host and copied to the device in one transfer
+(kept for the next step with the same contents: ``_launch.LaunchTables``):
 
     [0:4]                 the coefficients weight_decay, momentum, 1 - dampening, lr as
                           float64 bit patterns (Triton would pass Python floats as fp32,
@@ -24,6 +25,7 @@ skipped step writes nothing and the host never waits for the flag.
 from __future__ import annotations
 
 import os
+import struct
 from typing import Optional
 
 import torch
@@ -31,7 +33,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._launch import acc_dtype, aot_spec, cdiv, device_guard
+from ._launch import LAUNCH_TABLES, acc_dtype, aot_spec, cdiv, device_guard
 
 __all__ = ["fused_sgd_triton_", "KERNELS", "SUPPORTED_DTYPES", "aot_compile_specs"]
 
@@ -211,26 +213,16 @@ def fused_sgd_triton_(
     first_blocks = _first_blocks(numels)
     num_programs = first_blocks[-1]
     if num_programs > 0:
-        coeffs = torch.tensor([weight_decay, momentum, 1.0 - dampening, lr], dtype=torch.float64).view(torch.int64)
-        host_table = torch.cat(
-            [
-                coeffs,
-                torch.tensor(
-                    [p.data_ptr() for p in work_params]
-                    + [g.data_ptr() for g in work_grads]
-                    + [b.data_ptr() for b in work_bufs]
-                    + numels
-                    + first_blocks,
-                    dtype=torch.int64,
-                ),
-            ]
-        )
-        device = params[0].device
-        if device.type == "cuda":
-            # Pinned memory makes the copy asynchronous: the host does not wait for the stream.
-            table = host_table.pin_memory().to(device, non_blocking=True)
-        else:
-            table = host_table
+        coeffs = struct.unpack("<4q", struct.pack("<4d", weight_decay, momentum, 1.0 - dampening, lr))
+        entries = [
+            *coeffs,
+            *[p.data_ptr() for p in work_params],
+            *[g.data_ptr() for g in work_grads],
+            *[b.data_ptr() for b in work_bufs],
+            *numels,
+            *first_blocks,
+        ]
+        table = LAUNCH_TABLES.get(entries, params[0].device)
         probe = work_params[0]
         with device_guard(probe):
             _fused_sgd_kernel[(num_programs,)](
