@@ -5,7 +5,7 @@
 # small case when available), measures the copy-bandwidth and cuBLAS-GEMM ceilings, runs the
 # benchmark, and writes everything (logs, reports, results) to $OUT.
 #
-# Stages (build tests sanitize ceilings ce_probe ce_ncu mlp_probe mlp_ncu host_probe bench) run in
+# Stages (build tests sanitize ceilings ce_probe ce_ncu mlp_probe triton_tiles mlp_ncu host_probe bench) run in
 # the order given (default: all but the probes and ncu stages), e.g. for one call of under 10
 # minutes, numbers first:
 #   OUT=o DEADLINE=540 bash bench/gpu_check.sh build ceilings bench tests sanitize
@@ -118,6 +118,12 @@ stage_mlp_probe() {
   cat "$OUT/mlp_probe.json" >> "$OUT/summary.txt"
 }
 
+stage_triton_tiles() {
+  step "Triton MLP kernels (fp32): the current tiles and the candidates, per benchmark network"
+  timeout "$(limit 240)" $PY bench/gpu_mlp_probe.py --triton-tiles > "$OUT/triton_tiles.json" 2>> "$OUT/summary.txt"
+  cat "$OUT/triton_tiles.json" >> "$OUT/summary.txt"
+}
+
 stage_mlp_ncu() {
   # Issue 7's largest case: occupancy, issue and memory, and where warps stall, for the forward,
   # backward and gradient-reduction kernels.
@@ -151,9 +157,9 @@ step "environment"
 
 for stage in $STAGES; do
   case $stage in
-    build | tests | sanitize | ceilings | ce_probe | ce_ncu | mlp_probe | mlp_ncu | host_probe | bench)
+    build | tests | sanitize | ceilings | ce_probe | ce_ncu | mlp_probe | triton_tiles | mlp_ncu | host_probe | bench)
       enough_time "$stage" && "stage_$stage" ;;
-    *) step "unknown stage $stage (build tests sanitize ceilings ce_probe ce_ncu mlp_probe mlp_ncu host_probe bench)"
+    *) step "unknown stage $stage (build tests sanitize ceilings ce_probe ce_ncu mlp_probe triton_tiles mlp_ncu host_probe bench)"
        exit 2 ;;
   esac
 done

@@ -6,10 +6,15 @@ in the benchmark. Rates against the floors: FLOPs of the matrix products, and th
 kernels must move (forward: read the input, write every layer's output; backward: read the
 gradient, the input and the hidden activations). Prints JSON.
 
-    python bench/gpu_mlp_probe.py [--kernel-only]
+    python bench/gpu_mlp_probe.py [--kernel-only | --triton-tiles]
 
 --kernel-only launches the forward and backward kernels of the 64x4 network at 2^20 rows a few
 times and times nothing: the program the kit's `mlp_ncu` stage runs under Nsight Compute.
+
+--triton-tiles times the Triton whole-network kernels (fp32) instead: each network's forward and
+backward at the tile config triton_kernels/mlp.py launches now, then at every candidate of
+TRITON_TILE_CANDIDATES for that padded width (each compiled without register spills for sm_90
+here), so one GPU call says which tiles to keep. Triton compiles each candidate on first use.
 """
 
 import argparse
@@ -89,6 +94,51 @@ def _probe_case(widths, batch: int) -> dict:
     }
 
 
+# Candidate fp32 tiles for the Triton kernels, per (direction, padded width): forward
+# (BLOCK_M, num_warps), backward (BLOCK_M, num_warps, DW_CHUNK, PROP_CHUNK), as in
+# triton_kernels/mlp.py's _GPU_TILES. Each compiles for sm_90 (triton 3.8, here) without spills;
+# the comments give its registers per thread, and the current tile's. The current ones hold
+# many registers: the forward at W = 64 255 (2 blocks of 4 warps per SM), every spill-free
+# backward at W = 64 229-255 (one 8-warp block per SM), so the sweep is mostly about occupancy.
+TRITON_TILE_CANDIDATES = {
+    ("fwd", 32): [(32, 8), (64, 8), (128, 4), (128, 8)],  # 54, 62, 128, 100 registers; current (64, 4): 88
+    ("fwd", 64): [(32, 4), (32, 8), (64, 8)],  # 212, 62, 75; current (64, 4): 255
+    ("bwd", 32): [(16, 8, 16, 32), (16, 8, 32, 0), (16, 4, 16, 32), (32, 8, 16, 32)],  # 72, 97, 151, 183; current 99
+    ("bwd", 64): [(16, 8, 16, 0), (16, 8, 32, 32), (16, 4, 16, 32)],  # 229, 231, 237; current (32, 8, 16, 32): 237
+}
+
+
+def _triton_case(widths, batch: int) -> dict:
+    from fusedmlp.triton_kernels import mlp as tk
+
+    _, weights, biases, x = _network(widths, batch)
+    width = tk._padded_width(widths)
+    out, acts = tk.mlp_fwd_triton(x, weights, biases)
+    grad = torch.randn_like(out)
+    wanted = [True] * len(weights)
+    timings = {}
+    for direction in ("fwd", "bwd"):
+        current = tk._GPU_TILES[direction]["fp32"][width]
+        for tile in [current, *TRITON_TILE_CANDIDATES.get((direction, width), [])]:
+            tk._GPU_TILES[direction]["fp32"][width] = tile
+            try:
+                if direction == "fwd":
+                    ms = do_bench(lambda: tk.mlp_fwd_triton(x, weights, biases))
+                else:
+                    ms = do_bench(lambda: tk.mlp_bwd_triton(grad, x, weights, acts, False, wanted, wanted))
+                timings[f"{direction} {tile}{' (current)' if tile == current else ''}"] = round(ms, 4)
+            except Exception as error:  # a candidate that fails to compile or launch is reported
+                timings[f"{direction} {tile}"] = f"{type(error).__name__}: {error}"[:300]
+            finally:
+                tk._GPU_TILES[direction]["fp32"][width] = current
+    return {"padded width": width, "ms": timings}
+
+
+def triton_tiles() -> dict:
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return {name: _triton_case(widths, batch) for name, widths, batch in GPU_CASES_QUICK}
+
+
 def main() -> dict:
     torch.backends.cuda.matmul.allow_tf32 = False
     return {name: _probe_case(widths, batch) for name, widths, batch in GPU_CASES_QUICK}
@@ -107,8 +157,13 @@ def kernel_only() -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernel-only", action="store_true")
-    if parser.parse_args().kernel_only:
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--kernel-only", action="store_true")
+    mode.add_argument("--triton-tiles", action="store_true")
+    args = parser.parse_args()
+    if args.kernel_only:
         kernel_only()
+    elif args.triton_tiles:
+        print(json.dumps(triton_tiles(), indent=1))
     else:
         print(json.dumps(main(), indent=1))
