@@ -39,7 +39,8 @@ class LaunchTables:
         self._tables: collections.OrderedDict[tuple, Tensor] = collections.OrderedDict()
 
     def get(self, entries: list[int], device: torch.device) -> Tensor:
-        """`entries` as an int64 tensor on `device`, ready for a launch on the current stream."""
+        """`entries` as an int64 tensor on `device`, ready for a launch on its current stream
+        (call it with `device` current: the capture test reads the current device's stream)."""
         if device.type != "cuda":
             return torch.tensor(entries, dtype=torch.int64)
         if torch.cuda.is_current_stream_capturing():

@@ -527,8 +527,8 @@ def mlp_fwd_triton(input: Tensor, weights: Sequence[Tensor], biases: Sequence[Te
         entries = []
         for i, (w, out) in enumerate(zip(weights, outputs)):
             entries += _table_entry(widths[i], widths[i + 1], w, biases[i] if biases else None, out)
-        table = LAUNCH_TABLES.get(entries, input.device)
-        with device_guard(input):
+        with device_guard(input):  # the table is kept per stream of the launch's device
+            table = LAUNCH_TABLES.get(entries, input.device)
             _mlp_fwd_kernel[(cdiv(M, block_m),)](
                 table,
                 input,
@@ -618,8 +618,8 @@ def mlp_bwd_triton(
         ws_stride += block_m * width  # the program's scratch rows for g (see the kernel)
     ws_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     workspace = torch.empty(max(num_programs, 1) * ws_stride, dtype=ws_dtype, device=input.device)
-    table = LAUNCH_TABLES.get(entries, input.device)
     with device_guard(input):
+        table = LAUNCH_TABLES.get(entries, input.device)
         if num_tiles > 0:
             _mlp_bwd_kernel[(num_programs,)](
                 table,

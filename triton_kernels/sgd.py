@@ -222,9 +222,9 @@ def fused_sgd_triton_(
             *numels,
             *first_blocks,
         ]
-        table = LAUNCH_TABLES.get(entries, params[0].device)
         probe = work_params[0]
         with device_guard(probe):
+            table = LAUNCH_TABLES.get(entries, probe.device)
             _fused_sgd_kernel[(num_programs,)](
                 table,
                 len(params),
