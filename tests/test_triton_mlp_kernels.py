@@ -5,8 +5,9 @@ Without a GPU the kernels run under the Triton interpreter on CPU tensors (tests
 sets TRITON_INTERPRET=1 before triton is imported); the interpreter tiles are 16 rows, so
 batches 15/16/17 are BLOCK-1/BLOCK/BLOCK+1, and backward runs 3 persistent programs, so 70
 rows (5 tiles) makes programs accumulate several tiles before the reduction; weight gradients
-go in 16-row chunks (several for W >= 32) and 128-wide nets take the sliced g @ W_i path
-(PROP_CHUNK) that fp32/fp64 use on the GPU at W = 128. The AOT tests compile every kernel x
+go in 16-row chunks (several for W >= 32), 128-wide nets take the sliced g @ W_i path
+(PROP_CHUNK) that fp32/fp64 use on the GPU at W = 128, and 64-wide nets the row-sliced weight
+gradient (ROW_CHUNK = 8: two slices of each 16-row tile). The AOT tests compile every kernel x
 dtype x padded width for sm_80 and sm_90 (no GPU needed).
 """
 
@@ -126,6 +127,21 @@ def test_low_precision_matches_sequential(net, dtype, M):
     """fp32 within 2x torch-fp32's error of fp64; fp16/bf16 within 2x torch's own error of fp32
     (hidden layers rounded to the dtype as nn.Sequential does)."""
     x, weights, biases, go = _make(NETS[net], M, dtype)
+    _assert_matches(_run(x, weights, biases, go), x, weights, biases, go)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("M", [100, 1000, 5000])
+@pytest.mark.parametrize("net", ["2-30-20-2", "50-30-20-3", "64x4"])
+def test_row_sliced_backward_tiles_match_sequential(net, M, monkeypatch):
+    """The fp32 backward at the row-sliced tiles (tk.ROW_SLICED_BWD_TILES: candidates for the
+    benchmark's networks, not launched by default) on the GPU, where their tiles apply; under
+    the interpreter every 64-wide backward slices rows."""
+    if TRITON_DEVICE != "cuda":
+        pytest.skip("the GPU tiles apply on a GPU only")
+    width = tk._padded_width(NETS[net])
+    monkeypatch.setitem(tk._GPU_TILES["bwd"]["fp32"], width, tk.ROW_SLICED_BWD_TILES[width])
+    x, weights, biases, go = _make(NETS[net], M, torch.float32)
     _assert_matches(_run(x, weights, biases, go), x, weights, biases, go)
 
 

@@ -37,7 +37,8 @@ fp64) workspace slice with plain load-add-store (the first tile stores without l
 the workspace needs no zeroing; dW_i.T = h_i.T @ g is formed in [DW_CHUNK, W] chunks to bound
 registers). `_mlp_grad_reduce_kernel` then sums the P slices in order p = 0 .. P-1 and
 writes the gradients in the parameter dtype. Workspace: P x (number of parameters, + BLOCK_M x W
-scratch rows when PROP_CHUNK slices g @ W_i) accumulators with P <= PROGRAMS_PER_SM x SM count:
+scratch rows when PROP_CHUNK slices g @ W_i or ROW_CHUNK the weight gradient's rows)
+accumulators with P <= PROGRAMS_PER_SM x SM count:
 bounded by the network, not by M.
 """
 
@@ -86,7 +87,7 @@ INTERPRET_PROGRAMS = 3
 REDUCE_BLOCK = 4096 if INTERPRET else 256
 REDUCE_GROUPS = 2 if INTERPRET else 8
 
-# Forward (BLOCK_M, num_warps) and backward (BLOCK_M, num_warps, DW_CHUNK, PROP_CHUNK) per
+# Forward (BLOCK_M, num_warps) and backward (BLOCK_M, num_warps, DW_CHUNK, PROP_CHUNK[, ROW_CHUNK]) per
 # dtype family and padded width. fp16/bf16 dots run on tensor cores; fp32 ("ieee", no TF32)
 # dots are FMA loops that hold whole operand rows in registers, and fp64 accumulators take 2
 # registers per element, so their row tiles shrink as W grows. Backward holds more at once
@@ -107,6 +108,15 @@ _GPU_TILES = {
         "fp64": {16: (32, 4, 16, 0), 32: (16, 4, 16, 0), 64: (16, 8, 16, 0), 128: (16, 8, 16, 32)},
     },
 }
+
+# Backward tiles that slice the weight gradient's dot over rows (a fifth entry, ROW_CHUNK > 0: g
+# goes to the program's scratch rows and comes back ROW_CHUNK rows at a time, so the FMA dot's
+# operands grow with ROW_CHUNK, not BLOCK_M). They hold 4-8x the rows of the fp32 tiles above
+# in about as many registers (ptxas, sm_90: W = 32 at 128 rows 127 against 99 at 16; W = 64 at
+# 128 rows 202 against 237 at 32), so a program reads and writes its weight-gradient partials
+# 4-8x less often. Not launched until timed on a GPU (bench/gpu_mlp_probe.py --triton-tiles);
+# the AOT test compiles them.
+ROW_SLICED_BWD_TILES = {32: (128, 8, 16, 0, 8), 64: (128, 8, 16, 16, 8)}
 
 # Before Hopper (no wgmma) the tensor-core dots are mma.sync, whose operand and accumulator
 # fragments stay in each warp's registers: with triton 3.6 the backward at W = 64 and 128 spilled
@@ -129,10 +139,13 @@ def _gpu_config(direction: str, dtype: torch.dtype, width: int, arch: int) -> tu
     tile = _GPU_TILES[direction][family][width]
     if arch < 90:
         tile = _PRE_HOPPER_TILES.get((direction, family, width), tile)
+    return _tile_config(direction, width, tile)
+
+
+def _tile_config(direction: str, width: int, tile: tuple) -> tuple[dict, int]:
     config = {"W": width, "BLOCK_M": tile[0]}
     if direction == "bwd":
-        config["DW_CHUNK"] = tile[2]
-        config["PROP_CHUNK"] = tile[3]
+        config.update(DW_CHUNK=tile[2], PROP_CHUNK=tile[3], ROW_CHUNK=tile[4] if len(tile) > 4 else 0)
     return config, tile[1]
 
 
@@ -144,6 +157,7 @@ def _config(direction: str, dtype: torch.dtype, width: int, device: torch.device
         if direction == "bwd":
             config["DW_CHUNK"] = 16
             config["PROP_CHUNK"] = 16 if width == MAX_WIDTH else 0  # as fp32/fp64 on the GPU
+            config["ROW_CHUNK"] = 8 if width == 64 else 0  # both weight-gradient paths run here
         return config, 1
     return _gpu_config(direction, dtype, width, _arch(device.index))
 
@@ -279,6 +293,7 @@ def _mlp_bwd_kernel(
     BLOCK_M: tl.constexpr,
     DW_CHUNK: tl.constexpr,
     PROP_CHUNK: tl.constexpr,
+    ROW_CHUNK: tl.constexpr,
 ):
     # Persistent: program p handles tiles p, p + num_programs, ... and accumulates the weight
     # and bias gradients of its tiles in its own workspace slice (no other program touches
@@ -308,6 +323,13 @@ def _mlp_bwd_kernel(
                 act_ptr = tl.load(entry + 4).to(tl.pointer_type(elem_ty))
                 act = _load_rows(act_ptr, row0, rows, cols, row_in, k_out, k_out, 1)
                 g = _threshold_backward(g, act)
+            if ROW_CHUNK > 0:
+                # g goes to the program's scratch rows of the workspace before the weight
+                # gradient, which reads it back ROW_CHUNK rows at a time: the FMA dot's operands
+                # then grow with ROW_CHUNK, not BLOCK_M (the propagation reads it too).
+                tl.debug_barrier()  # every thread is done reading the previous layer's g
+                tl.store(ws + params_per_program + rows[:, None] * W + cols[None, :], g.to(ACC_DTYPE))
+                tl.debug_barrier()
             ws_dw = ws + tl.load(entry + 8)
             if tl.load(entry + 10) > 0:
                 db_ptrs = ws_dw + k_out * k_in + cols
@@ -327,18 +349,34 @@ def _mlp_bwd_kernel(
                 # slice: a whole [W, W] accumulator (plus its addresses) would spill at W = 128.
                 for k0 in range(0, k_in, DW_CHUNK):
                     chunk = k0 + tl.arange(0, DW_CHUNK)
-                    a_mask = row_in[:, None] & (chunk[None, :] < k_in)
-                    a_ptrs = in_ptr + row0 * in_stride_r + rows[:, None] * in_stride_r + chunk[None, :] * in_stride_c
-                    a_in = tl.load(a_ptrs, mask=a_mask, other=0.0)
-                    dwt_ptrs = ws_dw + cols[None, :] * k_in + chunk[:, None]
-                    dwt_mask = (cols[None, :] < k_out) & (chunk[:, None] < k_in)
-                    dwt = tl.load(dwt_ptrs, mask=dwt_mask & accumulate, other=0.0)
-                    dwt = tl.dot(
-                        tl.trans(a_in), g, dwt, input_precision="ieee", out_dtype=ACC_DTYPE
-                    )  # ieee: see forward
+                    if ROW_CHUNK == 0:
+                        a_mask = row_in[:, None] & (chunk[None, :] < k_in)
+                        a_ptrs = (
+                            in_ptr + row0 * in_stride_r + rows[:, None] * in_stride_r + chunk[None, :] * in_stride_c
+                        )
+                        a_in = tl.load(a_ptrs, mask=a_mask, other=0.0)
+                        dwt_ptrs = ws_dw + cols[None, :] * k_in + chunk[:, None]
+                        dwt_mask = (cols[None, :] < k_out) & (chunk[:, None] < k_in)
+                        dwt = tl.load(dwt_ptrs, mask=dwt_mask & accumulate, other=0.0)
+                        dwt = tl.dot(
+                            tl.trans(a_in), g, dwt, input_precision="ieee", out_dtype=ACC_DTYPE
+                        )  # ieee: see forward
+                    else:
+                        dwt_ptrs = ws_dw + cols[None, :] * k_in + chunk[:, None]
+                        dwt_mask = (cols[None, :] < k_out) & (chunk[:, None] < k_in)
+                        dwt = tl.load(dwt_ptrs, mask=dwt_mask & accumulate, other=0.0)
+                        for r0 in range(0, BLOCK_M, ROW_CHUNK):
+                            sub = r0 + tl.arange(0, ROW_CHUNK)
+                            sub_in = sub < tl.minimum(M - row0, BLOCK_M).to(tl.int32)
+                            a_ptrs = (
+                                in_ptr + row0 * in_stride_r + sub[:, None] * in_stride_r + chunk[None, :] * in_stride_c
+                            )
+                            a_in = tl.load(a_ptrs, mask=sub_in[:, None] & (chunk[None, :] < k_in), other=0.0)
+                            g_rows = tl.load(ws + params_per_program + sub[:, None] * W + cols[None, :]).to(elem_ty)
+                            dwt = tl.dot(tl.trans(a_in), g_rows, dwt, input_precision="ieee", out_dtype=ACC_DTYPE)
                     tl.store(dwt_ptrs, dwt, mask=dwt_mask)
             if i >= propagate_from:
-                if PROP_CHUNK == 0:
+                if PROP_CHUNK == 0 and ROW_CHUNK == 0:
                     w = _load_weight(entry, cols, k_in, k_out, elem_ty)
                     acc = tl.dot(
                         g, w, tl.zeros((BLOCK_M, W), dtype=ACC_DTYPE), input_precision="ieee", out_dtype=ACC_DTYPE
@@ -348,13 +386,15 @@ def _mlp_bwd_kernel(
                     # of fp32/fp64 hold whole operand rows per thread, which at W = 128 spills.
                     # g goes through the program's scratch rows of the workspace to be sliced.
                     scratch = ws + params_per_program + rows[:, None] * W
-                    tl.debug_barrier()  # every thread is done reading the previous layer's g
-                    tl.store(scratch + cols[None, :], g.to(ACC_DTYPE))
-                    tl.debug_barrier()
+                    if ROW_CHUNK == 0:  # else g is there already
+                        tl.debug_barrier()  # every thread is done reading the previous layer's g
+                        tl.store(scratch + cols[None, :], g.to(ACC_DTYPE))
+                        tl.debug_barrier()
                     w_ptr = tl.load(entry + 0).to(tl.pointer_type(elem_ty))
                     acc = tl.zeros((BLOCK_M, W), dtype=ACC_DTYPE)
-                    for k0 in range(0, k_out, PROP_CHUNK):
-                        chunk = k0 + tl.arange(0, PROP_CHUNK)
+                    prop_chunk: tl.constexpr = PROP_CHUNK if PROP_CHUNK > 0 else W
+                    for k0 in range(0, k_out, prop_chunk):
+                        chunk = k0 + tl.arange(0, prop_chunk)
                         g_chunk = tl.load(scratch + chunk[None, :]).to(elem_ty)
                         w_mask = (chunk[:, None] < k_out) & (cols[None, :] < k_in)
                         w_chunk = tl.load(w_ptr + chunk[:, None] * k_in + cols[None, :], mask=w_mask, other=0.0)
@@ -614,7 +654,7 @@ def mlp_bwd_triton(
         )
         ws_stride += k_out * k_in + k_out
     params_per_program = ws_stride
-    if config["PROP_CHUNK"]:
+    if config["PROP_CHUNK"] or config["ROW_CHUNK"]:
         ws_stride += block_m * width  # the program's scratch rows for g (see the kernel)
     ws_dtype = torch.float64 if input.dtype == torch.float64 else torch.float32
     workspace = torch.empty(max(num_programs, 1) * ws_stride, dtype=ws_dtype, device=input.device)
@@ -716,6 +756,10 @@ def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
                     for variant, flags in _AOT_VARIANTS[kernel].items():
                         if variant == "full" or width == MAX_WIDTH:
                             yield _aot_spec(kernel, dtype, variant, flags, config, num_warps, archs)
+        if dtype == torch.float32:
+            for width, tile in ROW_SLICED_BWD_TILES.items():
+                config, num_warps = _tile_config("bwd", width, tile)
+                yield _aot_spec("_mlp_bwd_kernel", dtype, "row_sliced", {"INPUT_GRAD": True}, config, num_warps)
         yield _aot_spec(
             "_mlp_grad_reduce_kernel", dtype, "sum", {}, {"BLOCK": REDUCE_BLOCK, "GROUPS": REDUCE_GROUPS}, 4
         )
