@@ -349,6 +349,8 @@ def _mlp_bwd_kernel(
                 # slice: a whole [W, W] accumulator (plus its addresses) would spill at W = 128.
                 for k0 in range(0, k_in, DW_CHUNK):
                     chunk = k0 + tl.arange(0, DW_CHUNK)
+                    # Each branch loads the partial itself: with that load hoisted above the
+                    # branch the tiles launched now compiled to other SASS than was measured.
                     if ROW_CHUNK == 0:
                         a_mask = row_in[:, None] & (chunk[None, :] < k_in)
                         a_ptrs = (
