@@ -145,7 +145,10 @@ def _gpu_config(direction: str, dtype: torch.dtype, width: int, arch: int) -> tu
 def _tile_config(direction: str, width: int, tile: tuple) -> tuple[dict, int]:
     config = {"W": width, "BLOCK_M": tile[0]}
     if direction == "bwd":
-        config.update(DW_CHUNK=tile[2], PROP_CHUNK=tile[3], ROW_CHUNK=tile[4] if len(tile) > 4 else 0)
+        row_chunk = tile[4] if len(tile) > 4 else 0
+        # A row-sliced tile keeps g in the scratch rows only, so the propagation reads it from
+        # there too: in one W-wide slice where the tile names none.
+        config.update(DW_CHUNK=tile[2], PROP_CHUNK=tile[3] or (width if row_chunk else 0), ROW_CHUNK=row_chunk)
     return config, tile[1]
 
 
@@ -156,8 +159,10 @@ def _config(direction: str, dtype: torch.dtype, width: int, device: torch.device
         config = {"W": width, "BLOCK_M": 16}
         if direction == "bwd":
             config["DW_CHUNK"] = 16
-            config["PROP_CHUNK"] = 16 if width == MAX_WIDTH else 0  # as fp32/fp64 on the GPU
-            config["ROW_CHUNK"] = 8 if width == 64 else 0  # both weight-gradient paths run here
+            # W = 128 slices g @ W_i as fp32/fp64 on the GPU; W = 64 slices the weight gradient's
+            # rows (so the rows of g come from the scratch rows, as in ROW_SLICED_BWD_TILES).
+            config["PROP_CHUNK"] = 16 if width in (64, MAX_WIDTH) else 0
+            config["ROW_CHUNK"] = 8 if width == 64 else 0
         return config, 1
     return _gpu_config(direction, dtype, width, _arch(device.index))
 
@@ -301,6 +306,7 @@ def _mlp_bwd_kernel(
     # Layers below lowest_layer need nothing and are not visited; the gradient is propagated
     # through layer i >= propagate_from only, where something below is still wanted
     # (lowest_layer + 1, or 0 for the input gradient).
+    tl.static_assert(ROW_CHUNK == 0 or PROP_CHUNK > 0, "row slices keep g in the scratch rows only")
     pid = tl.program_id(0).to(tl.int64)
     elem_ty = x_ptr.dtype.element_ty
     cols = tl.arange(0, W)
@@ -378,7 +384,7 @@ def _mlp_bwd_kernel(
                             dwt = tl.dot(tl.trans(a_in), g_rows, dwt, input_precision="ieee", out_dtype=ACC_DTYPE)
                     tl.store(dwt_ptrs, dwt, mask=dwt_mask)
             if i >= propagate_from:
-                if PROP_CHUNK == 0 and ROW_CHUNK == 0:
+                if PROP_CHUNK == 0:
                     w = _load_weight(entry, cols, k_in, k_out, elem_ty)
                     acc = tl.dot(
                         g, w, tl.zeros((BLOCK_M, W), dtype=ACC_DTYPE), input_precision="ieee", out_dtype=ACC_DTYPE
@@ -394,9 +400,8 @@ def _mlp_bwd_kernel(
                         tl.debug_barrier()
                     w_ptr = tl.load(entry + 0).to(tl.pointer_type(elem_ty))
                     acc = tl.zeros((BLOCK_M, W), dtype=ACC_DTYPE)
-                    prop_chunk: tl.constexpr = PROP_CHUNK if PROP_CHUNK > 0 else W
-                    for k0 in range(0, k_out, prop_chunk):
-                        chunk = k0 + tl.arange(0, prop_chunk)
+                    for k0 in range(0, k_out, PROP_CHUNK):
+                        chunk = k0 + tl.arange(0, PROP_CHUNK)
                         g_chunk = tl.load(scratch + chunk[None, :]).to(elem_ty)
                         w_mask = (chunk[:, None] < k_out) & (cols[None, :] < k_in)
                         w_chunk = tl.load(w_ptr + chunk[:, None] * k_in + cols[None, :], mask=w_mask, other=0.0)
