@@ -96,29 +96,27 @@ def _probe_case(widths, batch: int) -> dict:
 
 # Candidate fp32 tiles for the Triton kernels, per (direction, padded width): forward
 # (BLOCK_M, num_warps), backward (BLOCK_M, num_warps, DW_CHUNK, PROP_CHUNK[, ROW_CHUNK]), as in
-# triton_kernels/mlp.py's _GPU_TILES. Each compiles for sm_90 (triton 3.8, here) without spills;
-# the comments give its registers per thread, and the current tile's. The current ones hold
-# many registers: the forward at W = 64 255 (2 blocks of 4 warps per SM), every spill-free
-# backward at W = 64 without row slices 229-255 (one 8-warp block per SM). The row-sliced
-# backward tiles (ROW_CHUNK, tk.ROW_SLICED_BWD_TILES first) take 4-8x the rows in as many
-# registers, so partials are read and written 4-8x less often.
+# triton_kernels/mlp.py's _GPU_TILES. Each compiles for sm_90 without spills with triton 3.6 (the
+# GPU machine's; ptxas, here); the comments give its registers per thread there, and the current
+# tile's. The row-sliced backward tiles (ROW_CHUNK; tk.ROW_SLICED_BWD_TILES first) take 2-8x
+# the rows, so a program reads and writes its weight-gradient partials 2-8x less often.
 TRITON_TILE_CANDIDATES = {
-    ("fwd", 32): [(32, 8), (64, 8), (128, 4), (128, 8)],  # 54, 62, 128, 100 registers; current (64, 4): 88
-    ("fwd", 64): [(32, 4), (32, 8), (64, 8)],  # 212, 62, 75; current (64, 4): 255
-    # 127, 80 (row-sliced), 72, 97, 151, 183; current (16, 8, 16, 0): 99
+    ("fwd", 32): [(32, 8), (64, 8), (128, 4), (128, 8)],  # 54, 70, 102, 98 registers; current (64, 4): 96
+    ("fwd", 64): [(32, 4), (32, 8), (64, 8), (128, 8)],  # 80, 56, 80, 128; current (64, 4): 128
+    # 223, 188 (row-sliced), 73, 100, 157, 201; current (16, 8, 16, 0): 98
     ("bwd", 32): [
-        (128, 8, 16, 0, 8),
-        (64, 8, 16, 0, 8),
+        (128, 8, 16, 16, 16),
+        (64, 8, 16, 0, 16),
         (16, 8, 16, 32),
         (16, 8, 32, 0),
         (16, 4, 16, 32),
         (32, 8, 16, 32),
     ],
-    # 202, 196, 195 (row-sliced), 127, 202, 229, 231, 237; current (32, 8, 16, 32): 237
+    # 213, 229, 250 (row-sliced), 121, 218, 231, 229, 245; current (32, 8, 16, 32): 243
     ("bwd", 64): [
-        (128, 8, 16, 16, 8),
-        (128, 8, 8, 16, 8),
-        (64, 8, 8, 16, 8),
+        (64, 8, 8, 16, 16),
+        (64, 8, 16, 16, 16),
+        (128, 8, 16, 16, 16),
         (16, 8, 8, 16),
         (32, 8, 8, 16),
         (16, 8, 16, 0),

@@ -111,12 +111,13 @@ _GPU_TILES = {
 
 # Backward tiles that slice the weight gradient's dot over rows (a fifth entry, ROW_CHUNK > 0: g
 # goes to the program's scratch rows and comes back ROW_CHUNK rows at a time, so the FMA dot's
-# operands grow with ROW_CHUNK, not BLOCK_M). They hold 4-8x the rows of the fp32 tiles above
-# in about as many registers (ptxas, sm_90: W = 32 at 128 rows 127 against 99 at 16; W = 64 at
-# 128 rows 202 against 237 at 32), so a program reads and writes its weight-gradient partials
-# 4-8x less often. Not launched until timed on a GPU (bench/gpu_mlp_probe.py --triton-tiles);
-# the AOT test compiles them.
-ROW_SLICED_BWD_TILES = {32: (128, 8, 16, 0, 8), 64: (128, 8, 16, 16, 8)}
+# operands grow with ROW_CHUNK, not BLOCK_M). They take 2-8x the rows of the fp32 tiles above
+# (W = 32: 128 against 16; W = 64: 64 against 32), so a program reads and writes its
+# weight-gradient partials 2-8x less often, in 223 and 213 registers against 98 and 243 (ptxas,
+# sm_90, triton 3.6 as on the GPU machine); spill-free with triton 3.6 and 3.8 for sm_80 and
+# sm_90. ROW_CHUNK >= 16: triton 3.6 rejects a dot with K < 16. Not launched until timed on a
+# GPU (bench/gpu_mlp_probe.py --triton-tiles); the AOT test compiles them.
+ROW_SLICED_BWD_TILES = {32: (128, 8, 16, 16, 16), 64: (64, 8, 8, 16, 16)}
 
 # Before Hopper (no wgmma) the tensor-core dots are mma.sync, whose operand and accumulator
 # fragments stay in each warp's registers: with triton 3.6 the backward at W = 64 and 128 spilled
@@ -160,7 +161,8 @@ def _config(direction: str, dtype: torch.dtype, width: int, device: torch.device
         if direction == "bwd":
             config["DW_CHUNK"] = 16
             # W = 128 slices g @ W_i as fp32/fp64 on the GPU; W = 64 slices the weight gradient's
-            # rows (so the rows of g come from the scratch rows, as in ROW_SLICED_BWD_TILES).
+            # rows as ROW_SLICED_BWD_TILES do, here by 8 for two slices of each 16-row tile (the
+            # interpreter's dots take K = 8; a GPU's, with triton 3.6, need 16).
             config["PROP_CHUNK"] = 16 if width in (64, MAX_WIDTH) else 0
             config["ROW_CHUNK"] = 8 if width == 64 else 0
         return config, 1
