@@ -134,7 +134,7 @@ stage_mlp_ncu() {
 
 stage_host_probe() {
   step "host probe: the smallest training step's wall time and Python profile per provider"
-  timeout "$(limit 120)" $PY bench/gpu_host_probe.py > "$OUT/host_probe.txt" 2>&1
+  timeout "$(limit 180)" $PY bench/gpu_host_probe.py > "$OUT/host_probe.txt" 2>&1
   echo "host probe exit $?" | tee -a "$OUT/summary.txt"
   grep "^== " "$OUT/host_probe.txt" | tee -a "$OUT/summary.txt"
 }

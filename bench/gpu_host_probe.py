@@ -146,6 +146,18 @@ def main() -> None:
     for provider in providers:
         step, _ = make_step(provider, WIDTHS, BATCH, device)
         print(probe(f"train step 2-30-20-2 @ 2^14, {provider}", step, device, args.calls), flush=True)
+        if provider == "fusedmlp:triton" and device.type == "cuda":
+            # The same step copying every launch table again (capacity 0 keeps none): what
+            # keeping them saves on this host, side by side.
+            from fusedmlp.triton_kernels._launch import LAUNCH_TABLES
+
+            capacity, LAUNCH_TABLES.capacity = LAUNCH_TABLES.capacity, 0
+            LAUNCH_TABLES.clear()
+            try:
+                name = f"train step 2-30-20-2 @ 2^14, {provider}, launch tables not kept"
+                print(probe(name, step, device, args.calls), flush=True)
+            finally:
+                LAUNCH_TABLES.capacity = capacity
     for provider in providers:
         call = _cross_entropy_call(provider, device)
         print(probe(f"cross-entropy 4096 x 8192 fp32 fwd+bwd, {provider}", call, device, args.calls), flush=True)
