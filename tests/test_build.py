@@ -295,8 +295,11 @@ def test_sgd_kernels_read_the_inline_table_in_place():
     with no stack frame or local memory holding a per-thread copy of the 1.3 KB table."""
     usage_by_arch = _cuobjdump_by_arch_and_function("-res-usage")
     for arch in ("sm_80", "sm_90"):
-        inline = {name: usage for name, usage in usage_by_arch[arch].items() if "fused_sgd_kernel" in name}
-        inline = {name: usage for name, usage in inline.items() if "InlineTable" in name}
+        inline = {
+            name: usage
+            for name, usage in usage_by_arch[arch].items()
+            if "fused_sgd_kernel" in name and "InlineTable" in name
+        }
         assert len(inline) == 4, f"{arch}: expected the inline-table SGD kernel for 4 dtypes, found {sorted(inline)}"
         for name, usage in inline.items():
             assert re.search(r"STACK:0\b", usage) and re.search(r"LOCAL:0\b", usage), f"{arch} {name}: {usage}"

@@ -31,6 +31,7 @@
 #include <cstdint>
 #include <vector>
 
+#include <fusedmlp/cuda_utils.cuh>
 #include <fusedmlp/sgd.h>
 
 namespace fusedmlp {
@@ -156,7 +157,7 @@ void fused_sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
     entries[2 * count + t] =
         reinterpret_cast<int64_t>(has_momentum ? work_bufs[t].data_ptr() : work_params[t].data_ptr());
     entries[3 * count + t] = params[t].numel();
-    entries[4 * count + t + 1] = entries[4 * count + t] + (params[t].numel() + kChunk - 1) / kChunk;
+    entries[4 * count + t + 1] = entries[4 * count + t] + ceil_div(params[t].numel(), kChunk);
   }
   const int64_t num_blocks = entries[5 * count];
   if (num_blocks > 0) {
