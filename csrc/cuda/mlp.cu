@@ -684,7 +684,8 @@ __global__ void __launch_bounds__(kReduceCols* kReduceGroups)
 }
 
 // ---------------------------------------------------------------------------
-// Host side
+// Launch arguments: host code without CUDA calls (tests/cuda_emulation launches the kernels
+// on the CPU with it)
 // ---------------------------------------------------------------------------
 
 int64_t tile_width(const at::Tensor& input, at::TensorList weights) {
@@ -710,6 +711,55 @@ void dispatch_tile_width(int64_t width, Fn&& fn) {
       TORCH_CHECK(false, "mlp: no fused kernel for tile width ", width);
   }
 }
+
+template <typename scalar_t>
+MlpNetwork<scalar_t> network_args(const std::vector<at::Tensor>& weights, int64_t in_features) {
+  MlpNetwork<scalar_t> net{};
+  net.layers = static_cast<int32_t>(weights.size());
+  net.width[0] = static_cast<int32_t>(in_features);
+  for (size_t i = 0; i < weights.size(); ++i) {
+    net.weight[i] = weights[i].const_data_ptr<scalar_t>();
+    net.width[i + 1] = static_cast<int32_t>(weights[i].size(0));
+  }
+  return net;
+}
+
+// Workspace slots (padded [W, W] and [W]) for the wanted parameter gradients only (the numel 0
+// ones are not wanted), and the list of gradients the reduction writes. Returns the workspace
+// elements per backward block.
+template <typename scalar_t, int W>
+int64_t plan_parameter_grads(MlpBwdArgs<scalar_t>& args, MlpGradReduceArgs<scalar_t>& reduce,
+                             const std::vector<at::Tensor>& weight_grads, const std::vector<at::Tensor>& bias_grads) {
+  int64_t stride = 0;
+  for (int i = 0; i < args.net.layers; ++i) {
+    args.weight_slot[i] = args.bias_slot[i] = -1;
+    const bool want_weight = weight_grads[i].numel() > 0;
+    const bool want_bias = static_cast<size_t>(i) < bias_grads.size() && bias_grads[i].numel() > 0;
+    if (want_weight) {
+      args.weight_slot[i] = static_cast<int32_t>(stride);
+      reduce.dst[reduce.count] = weight_grads[i].mutable_data_ptr<scalar_t>();
+      reduce.slot[reduce.count] = args.weight_slot[i];
+      reduce.cols[reduce.count] = static_cast<int32_t>(weight_grads[i].size(1));
+      reduce.begin[reduce.count + 1] = reduce.begin[reduce.count] + weight_grads[i].numel();
+      ++reduce.count;
+      stride += W * W;
+    }
+    if (want_bias) {
+      args.bias_slot[i] = static_cast<int32_t>(stride);
+      reduce.dst[reduce.count] = bias_grads[i].mutable_data_ptr<scalar_t>();
+      reduce.slot[reduce.count] = args.bias_slot[i];
+      reduce.cols[reduce.count] = static_cast<int32_t>(bias_grads[i].numel());
+      reduce.begin[reduce.count + 1] = reduce.begin[reduce.count] + bias_grads[i].numel();
+      ++reduce.count;
+      stride += W;
+    }
+  }
+  return stride;
+}
+
+// ---------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------
 
 // Per kernel instantiation (each launcher owns one), per device: the one-time launch setup.
 struct KernelLaunchSetup {
@@ -741,18 +791,6 @@ int prepare_launch(const void* kernel, size_t smem_bytes, bool tensor_cores, con
     setup.blocks_per_sm[device] = blocks;
   });
   return setup.blocks_per_sm[device];
-}
-
-template <typename scalar_t>
-MlpNetwork<scalar_t> network_args(const std::vector<at::Tensor>& weights, int64_t in_features) {
-  MlpNetwork<scalar_t> net{};
-  net.layers = static_cast<int32_t>(weights.size());
-  net.width[0] = static_cast<int32_t>(in_features);
-  for (size_t i = 0; i < weights.size(); ++i) {
-    net.weight[i] = weights[i].const_data_ptr<scalar_t>();
-    net.width[i + 1] = static_cast<int32_t>(weights[i].size(0));
-  }
-  return net;
 }
 
 template <typename scalar_t, int W>
@@ -814,36 +852,10 @@ void launch_mlp_bwd(MlpBwdArgs<scalar_t>& args, const std::vector<at::Tensor>& w
   using Tile = MlpTile<scalar_t, W>;
   using acc_t = typename Tile::acc_t;
   static KernelLaunchSetup setup;
-  const int layers = args.net.layers;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
 
-  // Workspace slots (padded [W, W] and [W]) for the wanted parameter gradients only, and the
-  // list of gradients the reduction writes.
   MlpGradReduceArgs<scalar_t> reduce{};
-  int64_t stride = 0;
-  for (int i = 0; i < layers; ++i) {
-    args.weight_slot[i] = args.bias_slot[i] = -1;
-    const bool want_weight = weight_grads[i].numel() > 0;
-    const bool want_bias = static_cast<size_t>(i) < bias_grads.size() && bias_grads[i].numel() > 0;
-    if (want_weight) {
-      args.weight_slot[i] = static_cast<int32_t>(stride);
-      reduce.dst[reduce.count] = weight_grads[i].mutable_data_ptr<scalar_t>();
-      reduce.slot[reduce.count] = args.weight_slot[i];
-      reduce.cols[reduce.count] = static_cast<int32_t>(weight_grads[i].size(1));
-      reduce.begin[reduce.count + 1] = reduce.begin[reduce.count] + weight_grads[i].numel();
-      ++reduce.count;
-      stride += W * W;
-    }
-    if (want_bias) {
-      args.bias_slot[i] = static_cast<int32_t>(stride);
-      reduce.dst[reduce.count] = bias_grads[i].mutable_data_ptr<scalar_t>();
-      reduce.slot[reduce.count] = args.bias_slot[i];
-      reduce.cols[reduce.count] = static_cast<int32_t>(bias_grads[i].numel());
-      reduce.begin[reduce.count + 1] = reduce.begin[reduce.count] + bias_grads[i].numel();
-      ++reduce.count;
-      stride += W;
-    }
-  }
+  const int64_t stride = plan_parameter_grads<scalar_t, W>(args, reduce, weight_grads, bias_grads);
 
   const auto kernel = mlp_bwd_kernel<scalar_t, W>;
   const int blocks_per_sm =

@@ -123,6 +123,32 @@ __global__ void __launch_bounds__(kThreads)
   SgdChunkFunctor<scalar_t>{}(table, num_tensors, static_cast<int64_t>(blockIdx.x), coeffs, flags, scalars);
 }
 
+// ---------------------------------------------------------------------------
+// Launch arguments: host code without CUDA calls (tests/cuda_emulation launches the kernel on
+// the CPU with it)
+// ---------------------------------------------------------------------------
+
+// The table above for contiguous tensors; `bufs` are the momentum buffers, or the params again
+// without momentum.
+std::vector<int64_t> sgd_table(const std::vector<at::Tensor>& params, const std::vector<at::Tensor>& grads,
+                               const std::vector<at::Tensor>& bufs) {
+  const auto count = static_cast<int64_t>(params.size());
+  std::vector<int64_t> entries(5 * count + 1);
+  entries[4 * count] = 0;
+  for (int64_t t = 0; t < count; ++t) {
+    entries[t] = reinterpret_cast<int64_t>(params[t].data_ptr());
+    entries[count + t] = reinterpret_cast<int64_t>(grads[t].data_ptr());
+    entries[2 * count + t] = reinterpret_cast<int64_t>(bufs[t].data_ptr());
+    entries[3 * count + t] = params[t].numel();
+    entries[4 * count + t + 1] = entries[4 * count + t] + ceil_div(params[t].numel(), kChunk);
+  }
+  return entries;
+}
+
+// ---------------------------------------------------------------------------
+// Host side
+// ---------------------------------------------------------------------------
+
 template <typename scalar_t, typename Table>
 void launch_fused_sgd(const Table& table, int64_t num_tensors, int64_t num_blocks,
                       SgdCoeffs<at::opmath_type<scalar_t>> coeffs, SgdFlags flags, SgdDeviceScalars scalars) {
@@ -146,19 +172,12 @@ void fused_sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
   // The kernel walks contiguous memory; strided tensors go through contiguous copies.
   const int64_t count = static_cast<int64_t>(params.size());
   std::vector<at::Tensor> work_params(count), work_grads(count), work_bufs(has_momentum ? count : 0);
-  std::vector<int64_t> entries(5 * count + 1);
-  entries[4 * count] = 0;
   for (int64_t t = 0; t < count; ++t) {
     work_params[t] = params[t].contiguous();
     work_grads[t] = grads[t].contiguous();
     if (has_momentum) work_bufs[t] = momentum_buffers[t].contiguous();
-    entries[t] = reinterpret_cast<int64_t>(work_params[t].data_ptr());
-    entries[count + t] = reinterpret_cast<int64_t>(work_grads[t].data_ptr());
-    entries[2 * count + t] =
-        reinterpret_cast<int64_t>(has_momentum ? work_bufs[t].data_ptr() : work_params[t].data_ptr());
-    entries[3 * count + t] = params[t].numel();
-    entries[4 * count + t + 1] = entries[4 * count + t] + ceil_div(params[t].numel(), kChunk);
   }
+  const std::vector<int64_t> entries = sgd_table(work_params, work_grads, has_momentum ? work_bufs : work_params);
   const int64_t num_blocks = entries[5 * count];
   if (num_blocks > 0) {
     // Scalars read on the device, in the types the kernel reads them.
