@@ -64,13 +64,14 @@ constexpr int kMaxLayers = static_cast<int>(kFusedMlpMaxLayers);
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
 // Register budget: ask ptxas for as many resident blocks per SM as shared memory allows on
-// sm_90 (228 KB per SM, 1 KB of it reserved per block), at most four, i.e. at most 128
-// registers per thread where four blocks fit and more where shared memory limits residency
-// anyway.
+// sm_90 (228 KB per SM, 1 KB of it reserved per block), at most `most`: four (at most 128
+// registers per thread), or five for the CUDA-core forward (96 registers), the occupancy it was
+// measured at on the H200 (a version with 16-byte global loads ran at 128 registers and four
+// blocks, and was 2-7% slower). More registers where shared memory limits residency anyway.
 constexpr size_t kSmemPerSm = 228 * 1024;
 constexpr size_t kSmemReservedPerBlock = 1024;
-constexpr int min_blocks_per_sm(size_t smem_bytes) {
-  return static_cast<int>(std::clamp<size_t>(kSmemPerSm / (smem_bytes + kSmemReservedPerBlock), 1, 4));
+constexpr int min_blocks_per_sm(size_t smem_bytes, size_t most) {
+  return static_cast<int>(std::clamp<size_t>(kSmemPerSm / (smem_bytes + kSmemReservedPerBlock), 1, most));
 }
 // The backward's persistent grid holds at most this many blocks per SM: as many as the launch
 // bounds aim for. A tile's work between barriers is small at these widths (a 64 x 32 x 32 fp32
@@ -122,10 +123,11 @@ struct MlpTile {
   using Layout = std::conditional_t<kTensorCores, TensorCoreTile<W>, SimtTile<scalar_t, W>>;
   static constexpr int kRows = Layout::kRows;
 
-  // Row pitch (elements) of every shared tile. Tensor cores: 16 bytes of skew keep ldm a
-  // multiple of 8 and every fragment pointer 32-byte aligned, and shift banks between rows.
-  // CUDA cores: an odd pitch puts the rows a warp reads at one k in different banks.
-  static constexpr int kLd = kTensorCores ? W + 8 : W + 1;
+  // Row pitch (elements) of every shared tile: 16 bytes of skew. Tensor cores: keeps ldm a
+  // multiple of 8 and every fragment pointer 32-byte aligned. CUDA cores: keeps rows 16-byte
+  // aligned for the vector loads along k (simt_product), and the 16 rows a warp loads 16 bytes
+  // of at once then start 4 banks apart, so they take the two wavefronts of 256 bytes.
+  static constexpr int kLd = W + 16 / static_cast<int>(sizeof(scalar_t));
 
   static constexpr size_t kTileBytes = align_smem(sizeof(scalar_t) * kRows * kLd);
   static constexpr size_t kWeightBytes = align_smem(sizeof(scalar_t) * W * kLd);
@@ -134,11 +136,11 @@ struct MlpTile {
   // (wmma's register layout does not say which element is where).
   static constexpr size_t kStageBytes = kTensorCores ? sizeof(float) * kWarps * 16 * 16 : 0;
   // Forward: activation tile, weights, bias, staging. Backward: gradient tile, the layer's
-  // input tile (also the ReLU mask of the layer below), weights, staging.
+  // input tile (also the ReLU mask of the layer below), weights (transposed on CUDA cores), staging.
   static constexpr size_t kFwdSmem = kTileBytes + kWeightBytes + kBiasBytes + kStageBytes;
   static constexpr size_t kBwdSmem = 2 * kTileBytes + kWeightBytes + kStageBytes;
-  static constexpr int kFwdMinBlocks = min_blocks_per_sm(kFwdSmem);
-  static constexpr int kBwdMinBlocks = min_blocks_per_sm(kBwdSmem);
+  static constexpr int kFwdMinBlocks = min_blocks_per_sm(kFwdSmem, kTensorCores ? 4 : 5);
+  static constexpr int kBwdMinBlocks = min_blocks_per_sm(kBwdSmem, 4);
 };
 
 // The network, passed by value in the kernel's argument block. Every tensor is contiguous.
@@ -207,6 +209,17 @@ __device__ __forceinline__ void load_tile(scalar_t* dst, const scalar_t* src, in
   }
 }
 
+// dst[c * LD + r] = src[r * cols + c] for r < W, c < W: the [rows, cols] matrix transposed, zero
+// outside the valid rows / cols. Global reads stay coalesced; the shared stores of a warp land
+// 4 banks apart at LD = W + 4 (a 4-way conflict, on 32 elements a thread per layer and tile).
+template <typename scalar_t, int W, int LD>
+__device__ __forceinline__ void load_tile_transposed(scalar_t* dst, const scalar_t* src, int rows, int cols) {
+  for (int idx = threadIdx.x; idx < W * W; idx += kThreads) {
+    const int r = idx / W, c = idx % W;
+    dst[c * LD + r] = (r < rows && c < cols) ? src[r * cols + c] : scalar_t(0);
+  }
+}
+
 // threshold_backward(grad, activation, 0): the gradient passes where NOT (activation <= 0).
 template <typename scalar_t>
 __device__ __forceinline__ scalar_t relu_mask(scalar_t grad, scalar_t activation) {
@@ -239,25 +252,76 @@ __device__ __forceinline__ double multiply_add(double a, double b, double c) {
   return fma(a, b, c);
 }
 
-// acc[i][j] += sum_k A(tr + i * RT, k) * B(k, tc + j * CT) for k < k_end and j < TN_ACTIVE, where
-// A(r, k) = a[r * A_RS + k * A_CS] and B(k, c) = b[k * B_RS + c * B_CS] in shared memory.
-// Every caller passes a multiple of 4 as k_end; columns j >= TN_ACTIVE keep their accumulators.
-template <int TM, int TN, int TN_ACTIVE, int RT, int CT, int A_RS, int A_CS, int B_RS, int B_CS, typename scalar_t,
-          typename acc_t>
+// acc[i][j] += sum_k A(tr * TR + i * RT, k) * B(k, tc + j * CT) for k < k_end and j < TN_ACTIVE,
+// where A(r, k) = a[r * A_RS + k * A_CS] and B(k, c) = b[k * B_RS + c * B_CS] in shared memory:
+// a thread's rows are interleaved with the other threads' (TR = 1, RT = row threads) or
+// consecutive (TR = TM, RT = 1). Every caller passes a multiple of 4 as k_end; columns
+// j >= TN_ACTIVE keep their accumulators.
+//
+// The scalar loop issues TM + TN_ACTIVE shared loads per TM * TN_ACTIVE FMAs (12 per 32 at W = 64
+// in fp32). Where the layout allows, a thread loads 16 bytes (4 fp32 / 2 fp64 values) at once:
+// - both operands run along k in memory (A_CS == B_RS == 1): vectors of k, a quarter of the
+//   loads (the forward, the input gradient);
+// - a thread's rows of A are consecutive in memory (RT == 1, A_RS == 1): vectors of rows for A,
+//   TM / 4 + TN_ACTIVE loads (the weight gradient).
+// Each accumulator still adds its products in order of k, so every loop gives the same bits.
+template <int TM, int TN, int TN_ACTIVE, int TR, int RT, int CT, int A_RS, int A_CS, int B_RS, int B_CS,
+          typename scalar_t, typename acc_t>
 __device__ __forceinline__ void simt_product(acc_t (&acc)[TM][TN], const scalar_t* a, const scalar_t* b, int tr,
                                              int tc, int k_end) {
   static_assert(TN_ACTIVE >= 1 && TN_ACTIVE <= TN, "active column groups out of range");
+  constexpr int V = 16 / sizeof(scalar_t);
+  using Vec = AlignedVector<scalar_t, V>;
+  const scalar_t* a_rows = a + tr * TR * A_RS;
+  if constexpr (A_CS == 1 && B_RS == 1 && A_RS % V == 0 && B_CS % V == 0 && 4 % V == 0) {
+#pragma unroll 1
+    for (int k = 0; k < k_end; k += V) {
+      Vec bv[TN_ACTIVE];
+#pragma unroll
+      for (int j = 0; j < TN_ACTIVE; ++j) bv[j] = *reinterpret_cast<const Vec*>(b + (tc + j * CT) * B_CS + k);
+#pragma unroll
+      for (int i = 0; i < TM; ++i) {
+        const Vec av = *reinterpret_cast<const Vec*>(a_rows + i * RT * A_RS + k);
+#pragma unroll
+        for (int kk = 0; kk < V; ++kk) {
+#pragma unroll
+          for (int j = 0; j < TN_ACTIVE; ++j) {
+            acc[i][j] = multiply_add(static_cast<acc_t>(av.val[kk]), static_cast<acc_t>(bv[j].val[kk]), acc[i][j]);
+          }
+        }
+      }
+    }
+  } else if constexpr (RT == 1 && A_RS == 1 && TM % V == 0 && TR % V == 0 && A_CS % V == 0) {
 #pragma unroll 4
-  for (int k = 0; k < k_end; ++k) {
-    acc_t av[TM], bv[TN_ACTIVE];
+    for (int k = 0; k < k_end; ++k) {
+      acc_t bv[TN_ACTIVE];
 #pragma unroll
-    for (int i = 0; i < TM; ++i) av[i] = static_cast<acc_t>(a[(tr + i * RT) * A_RS + k * A_CS]);
+      for (int j = 0; j < TN_ACTIVE; ++j) bv[j] = static_cast<acc_t>(b[k * B_RS + (tc + j * CT) * B_CS]);
 #pragma unroll
-    for (int j = 0; j < TN_ACTIVE; ++j) bv[j] = static_cast<acc_t>(b[k * B_RS + (tc + j * CT) * B_CS]);
+      for (int i0 = 0; i0 < TM; i0 += V) {
+        const Vec av = *reinterpret_cast<const Vec*>(a_rows + k * A_CS + i0);
 #pragma unroll
-    for (int i = 0; i < TM; ++i) {
+        for (int ii = 0; ii < V; ++ii) {
 #pragma unroll
-      for (int j = 0; j < TN_ACTIVE; ++j) acc[i][j] = multiply_add(av[i], bv[j], acc[i][j]);
+          for (int j = 0; j < TN_ACTIVE; ++j) {
+            acc[i0 + ii][j] = multiply_add(static_cast<acc_t>(av.val[ii]), bv[j], acc[i0 + ii][j]);
+          }
+        }
+      }
+    }
+  } else {
+#pragma unroll 4
+    for (int k = 0; k < k_end; ++k) {
+      acc_t av[TM], bv[TN_ACTIVE];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) av[i] = static_cast<acc_t>(a_rows[i * RT * A_RS + k * A_CS]);
+#pragma unroll
+      for (int j = 0; j < TN_ACTIVE; ++j) bv[j] = static_cast<acc_t>(b[k * B_RS + (tc + j * CT) * B_CS]);
+#pragma unroll
+      for (int i = 0; i < TM; ++i) {
+#pragma unroll
+        for (int j = 0; j < TN_ACTIVE; ++j) acc[i][j] = multiply_add(av[i], bv[j], acc[i][j]);
+      }
     }
   }
 }
@@ -296,7 +360,7 @@ __device__ void fwd_layer_simt(scalar_t* act, const scalar_t* weights, const at:
   acc_t acc[TM][TN] = {};
   // C[r][n] = sum_k act[r][k] * weights[n][k]
   with_column_groups<TN>(static_cast<int>(ceil_div(out_features, CT)), [&](auto groups) {
-    simt_product<TM, TN, decltype(groups)::value, RT, CT, LD, 1, 1, LD>(acc, act, weights, tr, tc,
+    simt_product<TM, TN, decltype(groups)::value, 1, RT, CT, LD, 1, 1, LD>(acc, act, weights, tr, tc,
                                                                          round_up4(in_features));
   });
   __syncthreads();  // every thread has read the tile it is about to overwrite
@@ -318,7 +382,8 @@ __device__ void fwd_layer_simt(scalar_t* act, const scalar_t* weights, const at:
 
 // partial dW[n][k] (+)= sum_r grad[r][n] * in[r][k] over the tile's rows, for the column groups
 // that hold real inputs k < in_features (the reduction reads no other column). Each thread
-// owns a fixed set of (n, k) of its block's slice: no atomics.
+// owns a fixed set of (n, k) of its block's slice: no atomics. Its rows n are consecutive, so
+// it loads its part of a gradient row 16 bytes at a time.
 template <typename scalar_t, int W>
 __device__ void weight_grad_simt(const scalar_t* grad, const scalar_t* in, int in_features,
                                  at::opmath_type<scalar_t>* partial, bool first) {
@@ -336,24 +401,26 @@ __device__ void weight_grad_simt(const scalar_t* grad, const scalar_t* in, int i
       for (int i = 0; i < TM; ++i) {
 #pragma unroll
         for (int j = 0; j < G; ++j) {
-          acc[i][j] = first ? acc_t(0) : partial[(n0 + tr + i * RT) * W + tc + j * CT];
+          acc[i][j] = first ? acc_t(0) : partial[(n0 + tr * TM + i) * W + tc + j * CT];
         }
       }
       // A(n, r) = grad[r][n0 + n], B(r, k) = in[r][k]
-      simt_product<TM, G, G, RT, CT, 1, LD, LD, 1>(acc, grad + n0, in, tr, tc, Tile::kRows);
+      simt_product<TM, G, G, TM, 1, CT, 1, LD, LD, 1>(acc, grad + n0, in, tr, tc, Tile::kRows);
 #pragma unroll
       for (int i = 0; i < TM; ++i) {
 #pragma unroll
-        for (int j = 0; j < G; ++j) partial[(n0 + tr + i * RT) * W + tc + j * CT] = acc[i][j];
+        for (int j = 0; j < G; ++j) partial[(n0 + tr * TM + i) * W + tc + j * CT] = acc[i][j];
       }
     }
   });
 }
 
 // grad[r][:] = mask(round(grad[r][:] @ weights), in[r][:]) in place (no mask for the input
-// layer, whose result goes to grad_input instead).
+// layer, whose result goes to grad_input instead). `weights_t` is the layer's weights
+// transposed ([in][out], load_tile_transposed), so both operands run along the reduction in
+// shared memory and simt_product loads them 16 bytes at a time.
 template <typename scalar_t, int W>
-__device__ void grad_below_simt(scalar_t* grad, const scalar_t* weights, const scalar_t* in, int in_features,
+__device__ void grad_below_simt(scalar_t* grad, const scalar_t* weights_t, const scalar_t* in, int in_features,
                                 int out_features, bool mask, scalar_t* grad_input, int64_t row0, int64_t rows) {
   using Tile = MlpTile<scalar_t, W>;
   using acc_t = typename Tile::acc_t;
@@ -362,9 +429,9 @@ __device__ void grad_below_simt(scalar_t* grad, const scalar_t* weights, const s
   constexpr int RT = Simt::kRowThreads, CT = Simt::kColThreads;
   const int tr = threadIdx.x / CT, tc = threadIdx.x % CT;
   acc_t acc[TM][TN] = {};
-  // C[r][k] = sum_n grad[r][n] * weights[n][k]
+  // C[r][k] = sum_n grad[r][n] * weights_t[k][n]
   with_column_groups<TN>(static_cast<int>(ceil_div(in_features, CT)), [&](auto groups) {
-    simt_product<TM, TN, decltype(groups)::value, RT, CT, LD, 1, LD, 1>(acc, grad, weights, tr, tc,
+    simt_product<TM, TN, decltype(groups)::value, 1, RT, CT, LD, 1, 1, LD>(acc, grad, weights_t, tr, tc,
                                                                          round_up4(out_features));
   });
   __syncthreads();  // every thread has read the gradient tile it is about to overwrite
@@ -587,7 +654,13 @@ __device__ void mlp_bwd_tiles(const MlpBwdArgs<scalar_t>& args) {
       const bool mask = layer > 0;
       const int32_t weight_slot = args.weight_slot[layer], bias_slot = args.bias_slot[layer];
       __syncthreads();  // the layer above is done with the weights and the input tile
-      if (below) load_tile<scalar_t, W, W, LD>(weights, net.weight[layer], 0, out_features, in_features);
+      if (below) {
+        if constexpr (Tile::kTensorCores) {
+          load_tile<scalar_t, W, W, LD>(weights, net.weight[layer], 0, out_features, in_features);
+        } else {
+          load_tile_transposed<scalar_t, W, LD>(weights, net.weight[layer], out_features, in_features);
+        }
+      }
       if (weight_slot >= 0 || (below && mask)) {
         const scalar_t* layer_input = layer == 0 ? args.input : args.activation[layer - 1];
         load_tile<scalar_t, Tile::kRows, W, LD>(in, layer_input, row0, args.rows, in_features);
