@@ -5,9 +5,9 @@
 # small case when available), measures the copy-bandwidth and cuBLAS-GEMM ceilings, runs the
 # benchmark, and writes everything (logs, reports, results) to $OUT.
 #
-# Stages (build tests sanitize ceilings ce_probe ce_ncu mlp_probe triton_tiles mlp_ncu host_probe bench) run in
-# the order given (default: all but the probes and ncu stages), e.g. for one call of under 10
-# minutes, numbers first:
+# Stages (build tests sanitize ceilings ce_probe ce_ncu mlp_probe mlp_vector_loads triton_tiles
+# mlp_ncu host_probe bench) run in the order given (default: all but the probes and ncu stages),
+# e.g. for one call of under 10 minutes, numbers first:
 #   OUT=o DEADLINE=540 bash bench/gpu_check.sh build ceilings bench tests sanitize
 # DEADLINE (seconds from the start) bounds every stage's timeout, so the kit ends in time to pack
 # what it wrote; a stage that would start with under 20 s left is skipped and says so.
@@ -118,6 +118,30 @@ stage_mlp_probe() {
   cat "$OUT/mlp_probe.json" >> "$OUT/summary.txt"
 }
 
+stage_mlp_vector_loads() {
+  # The CUDA MLP's experimental 16-byte shared loads (setup.py's FUSEDMLP_MLP_VECTOR_LOADS=1)
+  # built in a copy of this tree beside the default build, checked by the CUDA MLP GPU tests and
+  # timed by the MLP probe in this same call: mlp_probe_vector_loads.json against
+  # mlp_probe.json (run the mlp_probe stage too), side by side.
+  local copy=/tmp/fusedmlp_vector_loads
+  step "CUDA MLP with 16-byte shared loads: build a copy, its MLP GPU tests, the MLP probe"
+  rm -rf "$copy" && mkdir -p "$copy" && cp -r csrc fusedmlp triton_kernels tests bench setup.py pyproject.toml "$copy"/
+  rm -f "$copy"/fusedmlp/_C*.so
+  ln -s ../triton_kernels "$copy/fusedmlp/triton_kernels"  # what the install's package_dir maps
+  if ! ( cd "$copy" && FUSEDMLP_BUILD_CUDA=1 FUSEDMLP_MLP_VECTOR_LOADS=1 TORCH_CUDA_ARCH_LIST=9.0 \
+      MAX_JOBS=${MAX_JOBS:-16} timeout "$(limit 300)" $PY setup.py build_ext --inplace ) > "$OUT/vector_loads_build.log" 2>&1; then
+    step "vector loads: BUILD FAILED (see vector_loads_build.log)"; return
+  fi
+  local parallel=()
+  $PY -c "import xdist" 2> /dev/null && parallel=(-n "${TEST_WORKERS:-8}")
+  ( cd "$copy" && PYTHONPATH="$copy" timeout "$(limit 240)" $PY -m pytest tests/test_cuda_mlp.py -m gpu -q -p no:cacheprovider \
+      "${parallel[@]}" ) > "$OUT/vector_loads_tests.log" 2>&1
+  echo "vector loads: MLP GPU tests exit $?" | tee -a "$OUT/summary.txt"; tail -2 "$OUT/vector_loads_tests.log" | tee -a "$OUT/summary.txt"
+  ( cd "$copy" && PYTHONPATH="$copy" timeout "$(limit 120)" $PY bench/gpu_mlp_probe.py ) \
+    > "$OUT/mlp_probe_vector_loads.json" 2>> "$OUT/summary.txt"
+  cat "$OUT/mlp_probe_vector_loads.json" >> "$OUT/summary.txt"
+}
+
 stage_triton_tiles() {
   step "Triton MLP kernels (fp32): the current tiles and the candidates, per benchmark network"
   timeout "$(limit 240)" $PY bench/gpu_mlp_probe.py --triton-tiles > "$OUT/triton_tiles.json" 2>> "$OUT/summary.txt"
@@ -157,9 +181,9 @@ step "environment"
 
 for stage in $STAGES; do
   case $stage in
-    build | tests | sanitize | ceilings | ce_probe | ce_ncu | mlp_probe | triton_tiles | mlp_ncu | host_probe | bench)
+    build | tests | sanitize | ceilings | ce_probe | ce_ncu | mlp_probe | mlp_vector_loads | triton_tiles | mlp_ncu | host_probe | bench)
       enough_time "$stage" && "stage_$stage" ;;
-    *) step "unknown stage $stage (build tests sanitize ceilings ce_probe ce_ncu mlp_probe triton_tiles mlp_ncu host_probe bench)"
+    *) step "unknown stage $stage (build tests sanitize ceilings ce_probe ce_ncu mlp_probe mlp_vector_loads triton_tiles mlp_ncu host_probe bench)"
        exit 2 ;;
   esac
 done

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -286,6 +287,49 @@ def test_fp32_mlp_kernels_keep_their_measured_occupancy():
                     f"{arch} {name}<float, {width}> uses {registers} registers: more than {budget}, "
                     f"so fewer than {blocks} blocks fit an SM"
                 )
+
+
+def _ninja_variable(build_ninja: str, name: str) -> list[str]:
+    """A variable of build.ninja as the arguments the shell makes of it."""
+    with open(build_ninja) as f:
+        match = re.search(rf"^{name} = (.*)$", f.read(), re.MULTILINE)
+    return shlex.split(match.group(1)) if match else []
+
+
+@pytest.mark.slow
+def test_mlp_vector_loads_variant_compiles_at_the_measured_occupancy(tmp_path):
+    """The experimental build of csrc/cuda/mlp.cu (setup.py's FUSEDMLP_MLP_VECTOR_LOADS=1, which
+    the GPU kit builds beside the default to time it) compiles for sm_90 without spills, and its
+    fp32 kernels fit the registers of the default's occupancy; compiled here with the flags of
+    this checkout's own build (build/temp/build.ninja)."""
+    build_ninja = os.path.join(ROOT, "build", "temp", "build.ninja")
+    if not _backend.HAS_CUDA_KERNELS or not os.path.exists(build_ninja):
+        pytest.skip("needs this checkout's CUDA build (build/temp/build.ninja)")
+    tool = _cuobjdump()
+    if tool is None:
+        pytest.skip("no cuobjdump (CUDA toolkit or Triton's copy) to read the CUDA kernels")
+    flags = _ninja_variable(build_ninja, "cuda_cflags") + [
+        f
+        for f in _ninja_variable(build_ninja, "cuda_post_cflags")
+        if not f.startswith(("-gencode", "-DFUSEDMLP_MLP_VECTOR_LOADS"))
+    ]
+    obj = str(tmp_path / "mlp.o")
+    command = ["nvcc", *flags, "-gencode=arch=compute_90,code=sm_90", "-DFUSEDMLP_MLP_VECTOR_LOADS=1"]
+    result = subprocess.run(
+        [*command, "-c", os.path.join(ROOT, "csrc", "cuda", "mlp.cu"), "-o", obj],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    usage = subprocess.run([tool, "-res-usage", obj], capture_output=True, text=True, timeout=300).stdout
+    registers = dict(re.findall(r"Function (\S+):\s*\n\s*REG:(\d+)", usage))
+    for name, blocks in FP32_MLP_RESIDENT_BLOCKS.items():
+        budget = 65536 // (blocks * 128) // 8 * 8
+        for width in (16, 32, 64):
+            pattern = re.compile(rf"{name}IfLi{width}E")
+            (count,) = [int(r) for function, r in registers.items() if pattern.search(function)]
+            assert count <= budget, f"vector loads: {name}<float, {width}> uses {count} registers, more than {budget}"
 
 
 @pytest.mark.slow

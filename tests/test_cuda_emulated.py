@@ -83,9 +83,10 @@ def _device_part(cu_file: str) -> str:
     return text + "\n"
 
 
-def build_emulated(generated_dir, build_dir):
+def build_emulated(generated_dir, build_dir, vector_loads: bool = False):
     """The emulated kernels as a Python module (about 30 s of g++), or None without the CUDA
-    toolkit's headers."""
+    toolkit's headers; `vector_loads`: mlp.cu as setup.py builds it with
+    FUSEDMLP_MLP_VECTOR_LOADS=1."""
     toolkit = _nvcc_include_dirs()
     if not toolkit:
         return None
@@ -96,23 +97,40 @@ def build_emulated(generated_dir, build_dir):
             f.write(_device_part(cu_file))
     sources = [os.path.join(HARNESS, f) for f in ("mlp_emulated.cpp", "sgd_emulated.cpp", "bindings.cpp")]
     return load(
-        name="fusedmlp_cuda_emulated",
+        name="fusedmlp_cuda_emulated" + ("_vector_loads" if vector_loads else ""),
         sources=sources,
         extra_include_paths=[str(generated_dir), HARNESS, os.path.join(ROOT, "csrc", "include")]
         + toolkit
         + _nvidia_wheel_include_dirs(),
-        extra_cflags=["-O2", "-std=c++20", "-Wno-attributes"],
+        extra_cflags=["-O2", "-std=c++20", "-Wno-attributes", f"-DFUSEDMLP_MLP_VECTOR_LOADS={int(vector_loads)}"],
         build_directory=str(build_dir),
         verbose=False,
     )
 
 
+_MODULES: dict[bool, object] = {}
+
+
+def _emulated_module(tmp_path_factory, vector_loads: bool):
+    if vector_loads not in _MODULES:
+        _MODULES[vector_loads] = build_emulated(
+            tmp_path_factory.mktemp("cuda_emulation"), tmp_path_factory.mktemp("cuda_emulation_build"), vector_loads
+        )
+    if _MODULES[vector_loads] is None:
+        pytest.skip("needs the CUDA toolkit's headers (nvcc on PATH)")
+    return _MODULES[vector_loads]
+
+
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
-    module = build_emulated(tmp_path_factory.mktemp("cuda_emulation"), tmp_path_factory.mktemp("cuda_emulation_build"))
-    if module is None:
-        pytest.skip("needs the CUDA toolkit's headers (nvcc on PATH)")
-    return module
+    return _emulated_module(tmp_path_factory, vector_loads=False)
+
+
+# The MLP kernels as built by default, and with the experimental 16-byte shared loads
+# (setup.py's FUSEDMLP_MLP_VECTOR_LOADS=1), which must compute the same.
+@pytest.fixture(scope="module", params=[False, True], ids=["default", "vector_loads"])
+def emulated_mlp(request, tmp_path_factory):
+    return _emulated_module(tmp_path_factory, request.param)
 
 
 # ---------------------------------------------------------------------------------------
@@ -158,10 +176,10 @@ def _sequential_grads(x, weights, biases, grad_output):
     return [leaf.grad for leaf in leaves]
 
 
-def _mlp_bwd(emulated, grad_output, x, weights, outputs, bias, blocks):
+def _mlp_bwd(module, grad_output, x, weights, outputs, bias, blocks):
     """Every gradient, as the fused MLP's autograd asks for them in a training step."""
     layers = len(weights)
-    return emulated.mlp_bwd(
+    return module.mlp_bwd(
         grad_output, x, weights, outputs[:-1], True, [True] * layers, [bias] * layers if bias else [], blocks
     )
 
@@ -169,7 +187,7 @@ def _mlp_bwd(emulated, grad_output, x, weights, outputs, bias, blocks):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("widths,rows", NETWORKS)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
-def test_mlp_kernels_match_sequential(emulated, widths, rows, dtype, bias):
+def test_mlp_kernels_match_sequential(emulated_mlp, widths, rows, dtype, bias):
     """Forward (every layer's output) and backward (input, weight and bias gradients) against
     nn.Sequential's ops, in the dtype and against float64 (close_to_reference); the backward
     with a persistent grid of 2 blocks, so a block walks several tiles where there are."""
@@ -180,12 +198,12 @@ def test_mlp_kernels_match_sequential(emulated, widths, rows, dtype, bias):
     cast = [t.to(dtype) for t in [x, *weights, *biases, grad_output]]
     x_d, w_d, b_d, go_d = cast[0], cast[1 : 1 + len(weights)], cast[1 + len(weights) : -1], cast[-1]
 
-    outputs = emulated.mlp_fwd(x_d, w_d, b_d)
+    outputs = emulated_mlp.mlp_fwd(x_d, w_d, b_d)
     reference, same_dtype = _sequential(x, weights, biases), _sequential(x_d, w_d, b_d)
     for ours, ref, theirs in zip(outputs, reference, same_dtype):
         close_to_reference(ours, ref, theirs, floor=1e-5 if dtype == torch.float32 else 1e-12, terms=max(widths))
 
-    grads = _mlp_bwd(emulated, go_d, x_d, w_d, outputs, bias, 2)
+    grads = _mlp_bwd(emulated_mlp, go_d, x_d, w_d, outputs, bias, 2)
     reference = _sequential_grads(x, weights, biases, grad_output)
     same_dtype = _sequential_grads(x_d, w_d, b_d, go_d)
     assert len(grads) == len(reference)
@@ -194,7 +212,7 @@ def test_mlp_kernels_match_sequential(emulated, widths, rows, dtype, bias):
 
 
 @pytest.mark.parametrize("blocks", [1, 3, 5])
-def test_mlp_backward_partials_reduce_in_a_fixed_order(emulated, blocks):
+def test_mlp_backward_partials_reduce_in_a_fixed_order(emulated_mlp, blocks):
     """The persistent grid's blocks each keep their own partial weight and bias gradients over
     the tiles they walk (5 blocks for 5 tiles: one each; 1: all of them), and the reduction adds
     them in a fixed order: the same result at every grid size up to rounding, and bitwise the
@@ -204,9 +222,9 @@ def test_mlp_backward_partials_reduce_in_a_fixed_order(emulated, blocks):
     x = torch.randn(rows, widths[0], generator=gen)
     weights, biases = _network(widths, torch.float32, bias=True)
     grad_output = torch.randn(rows, widths[-1], generator=gen)
-    outputs = emulated.mlp_fwd(x, weights, biases)
-    first = _mlp_bwd(emulated, grad_output, x, weights, outputs, True, blocks)
-    second = _mlp_bwd(emulated, grad_output, x, weights, outputs, True, blocks)
+    outputs = emulated_mlp.mlp_fwd(x, weights, biases)
+    first = _mlp_bwd(emulated_mlp, grad_output, x, weights, outputs, True, blocks)
+    second = _mlp_bwd(emulated_mlp, grad_output, x, weights, outputs, True, blocks)
     reference = _sequential_grads(
         x.double(), [w.double() for w in weights], [b.double() for b in biases], grad_output.double()
     )
@@ -224,7 +242,7 @@ def test_mlp_backward_partials_reduce_in_a_fixed_order(emulated, blocks):
     ],
     ids=["frozen_first_layer", "input_only", "first_weight_and_middle_bias"],
 )
-def test_mlp_backward_computes_only_wanted_gradients(emulated, input_grad, weight_mask, bias_mask):
+def test_mlp_backward_computes_only_wanted_gradients(emulated_mlp, input_grad, weight_mask, bias_mask):
     """Gradients that are not wanted come back empty and the ones that are match nn.Sequential,
     whichever layers the backward has to visit to reach them."""
     widths, rows = (50, 30, 20, 3), 130
@@ -232,8 +250,8 @@ def test_mlp_backward_computes_only_wanted_gradients(emulated, input_grad, weigh
     x = torch.randn(rows, widths[0], generator=gen)
     weights, biases = _network(widths, torch.float32, bias=True)
     grad_output = torch.randn(rows, widths[-1], generator=gen)
-    outputs = emulated.mlp_fwd(x, weights, biases)
-    grads = emulated.mlp_bwd(grad_output, x, weights, outputs[:-1], input_grad, weight_mask, bias_mask, 2)
+    outputs = emulated_mlp.mlp_fwd(x, weights, biases)
+    grads = emulated_mlp.mlp_bwd(grad_output, x, weights, outputs[:-1], input_grad, weight_mask, bias_mask, 2)
     reference = _sequential_grads(x, weights, biases, grad_output)
     for ours, ref, wanted in zip(grads, reference, [input_grad, *weight_mask, *bias_mask]):
         if wanted:
@@ -242,7 +260,7 @@ def test_mlp_backward_computes_only_wanted_gradients(emulated, input_grad, weigh
             assert ours.numel() == 0
 
 
-def test_mlp_relu_mask_follows_threshold_backward(emulated):
+def test_mlp_relu_mask_follows_threshold_backward(emulated_mlp):
     """A hidden unit whose ReLU output is exactly zero passes no gradient (threshold_backward's
     `activation <= 0`), a NaN output passes it; the forward keeps NaN, as torch.relu does."""
     widths = (4, 8, 3)
@@ -251,10 +269,10 @@ def test_mlp_relu_mask_follows_threshold_backward(emulated):
     biases[0][0] = 0.0  # unit 0: pre-activation exactly 0 for every row
     x = torch.randn(64, 4, generator=torch.Generator().manual_seed(3))
     x[5, 1] = float("nan")  # row 5: every hidden unit with a nonzero weight on input 1 is NaN
-    outputs = emulated.mlp_fwd(x, weights, biases)
+    outputs = emulated_mlp.mlp_fwd(x, weights, biases)
     torch.testing.assert_close(outputs[0], torch.relu(F.linear(x, weights[0], biases[0])), equal_nan=True)
     grad_output = torch.ones(64, 3)
-    grads = _mlp_bwd(emulated, grad_output, x, weights, outputs, True, 1)
+    grads = _mlp_bwd(emulated_mlp, grad_output, x, weights, outputs, True, 1)
     hidden = F.linear(x, weights[0], biases[0]).requires_grad_()
     F.linear(torch.relu(hidden), weights[1], biases[1]).backward(grad_output)
     grad_hidden = hidden.grad

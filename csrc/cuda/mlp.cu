@@ -63,11 +63,21 @@ namespace {
 constexpr int kMaxLayers = static_cast<int>(kFusedMlpMaxLayers);
 constexpr int kThreads = 128;
 constexpr int kWarps = kThreads / 32;
+// CUDA-core products with 16-byte shared loads (simt_product), built when setup.py is run with
+// FUSEDMLP_MLP_VECTOR_LOADS=1: an experiment until the H200 measures it beside the default
+// (bench/gpu_check.sh, stage mlp_vector_loads). A first version of it, the forward alone at 128
+// registers and four blocks per SM, was 2-7% slower there; this one keeps the forward at the
+// five blocks the default runs at and also covers the backward. The default build is the
+// kernel as measured (scalar loads, pitch W + 1).
+#ifndef FUSEDMLP_MLP_VECTOR_LOADS
+#define FUSEDMLP_MLP_VECTOR_LOADS 0
+#endif
+constexpr bool kSimtVectorLoads = FUSEDMLP_MLP_VECTOR_LOADS != 0;
 // Register budget: ask ptxas for as many resident blocks per SM as shared memory allows on
 // sm_90 (228 KB per SM, 1 KB of it reserved per block), at most `most`: four (at most 128
-// registers per thread), or five for the CUDA-core forward (96 registers), the occupancy it was
-// measured at on the H200 (a version with 16-byte global loads ran at 128 registers and four
-// blocks, and was 2-7% slower). More registers where shared memory limits residency anyway.
+// registers per thread), or, with vector loads, five for the CUDA-core forward (96 registers,
+// which the default build's forward uses unasked). More registers where shared memory limits
+// residency anyway.
 constexpr size_t kSmemPerSm = 228 * 1024;
 constexpr size_t kSmemReservedPerBlock = 1024;
 constexpr int min_blocks_per_sm(size_t smem_bytes, size_t most) {
@@ -123,11 +133,15 @@ struct MlpTile {
   using Layout = std::conditional_t<kTensorCores, TensorCoreTile<W>, SimtTile<scalar_t, W>>;
   static constexpr int kRows = Layout::kRows;
 
-  // Row pitch (elements) of every shared tile: 16 bytes of skew. Tensor cores: keeps ldm a
-  // multiple of 8 and every fragment pointer 32-byte aligned. CUDA cores: keeps rows 16-byte
-  // aligned for the vector loads along k (simt_product), and the 16 rows a warp loads 16 bytes
-  // of at once then start 4 banks apart, so they take the two wavefronts of 256 bytes.
-  static constexpr int kLd = W + 16 / static_cast<int>(sizeof(scalar_t));
+  // Row pitch (elements) of every shared tile. Tensor cores: 16 bytes of skew keep ldm a
+  // multiple of 8 and every fragment pointer 32-byte aligned, and shift banks between rows.
+  // CUDA cores: an odd pitch puts the rows a warp reads at one k in different banks; with
+  // vector loads, 16 bytes of skew keep rows 16-byte aligned, and the 16 rows a warp loads 16
+  // bytes of at once start 4 banks apart (the two wavefronts of 256 bytes).
+  static constexpr int kLd = kTensorCores || kSimtVectorLoads ? W + 16 / static_cast<int>(sizeof(scalar_t)) : W + 1;
+  // The CUDA-core backward keeps the layer's weights transposed where it loads them 16 bytes
+  // at a time along the input gradient's reduction (grad_below_simt).
+  static constexpr bool kWeightsTransposedInBwd = !kTensorCores && kSimtVectorLoads;
 
   static constexpr size_t kTileBytes = align_smem(sizeof(scalar_t) * kRows * kLd);
   static constexpr size_t kWeightBytes = align_smem(sizeof(scalar_t) * W * kLd);
@@ -136,10 +150,10 @@ struct MlpTile {
   // (wmma's register layout does not say which element is where).
   static constexpr size_t kStageBytes = kTensorCores ? sizeof(float) * kWarps * 16 * 16 : 0;
   // Forward: activation tile, weights, bias, staging. Backward: gradient tile, the layer's
-  // input tile (also the ReLU mask of the layer below), weights (transposed on CUDA cores), staging.
+  // input tile (also the ReLU mask of the layer below), weights (kWeightsTransposedInBwd), staging.
   static constexpr size_t kFwdSmem = kTileBytes + kWeightBytes + kBiasBytes + kStageBytes;
   static constexpr size_t kBwdSmem = 2 * kTileBytes + kWeightBytes + kStageBytes;
-  static constexpr int kFwdMinBlocks = min_blocks_per_sm(kFwdSmem, kTensorCores ? 4 : 5);
+  static constexpr int kFwdMinBlocks = min_blocks_per_sm(kFwdSmem, !kTensorCores && kSimtVectorLoads ? 5 : 4);
   static constexpr int kBwdMinBlocks = min_blocks_per_sm(kBwdSmem, 4);
 };
 
@@ -259,7 +273,8 @@ __device__ __forceinline__ double multiply_add(double a, double b, double c) {
 // j >= TN_ACTIVE keep their accumulators.
 //
 // The scalar loop issues TM + TN_ACTIVE shared loads per TM * TN_ACTIVE FMAs (12 per 32 at W = 64
-// in fp32). Where the layout allows, a thread loads 16 bytes (4 fp32 / 2 fp64 values) at once:
+// in fp32). With kSimtVectorLoads, where the layout allows, a thread loads 16 bytes (4 fp32 / 2
+// fp64 values) at once:
 // - both operands run along k in memory (A_CS == B_RS == 1): vectors of k, a quarter of the
 //   loads (the forward, the input gradient);
 // - a thread's rows of A are consecutive in memory (RT == 1, A_RS == 1): vectors of rows for A,
@@ -272,8 +287,8 @@ __device__ __forceinline__ void simt_product(acc_t (&acc)[TM][TN], const scalar_
   static_assert(TN_ACTIVE >= 1 && TN_ACTIVE <= TN, "active column groups out of range");
   constexpr int V = 16 / sizeof(scalar_t);
   using Vec = AlignedVector<scalar_t, V>;
-  const scalar_t* a_rows = a + tr * TR * A_RS;
-  if constexpr (A_CS == 1 && B_RS == 1 && A_RS % V == 0 && B_CS % V == 0 && 4 % V == 0) {
+  if constexpr (kSimtVectorLoads && A_CS == 1 && B_RS == 1 && A_RS % V == 0 && B_CS % V == 0 && 4 % V == 0) {
+    const scalar_t* a_rows = a + tr * TR * A_RS;
 #pragma unroll 1
     for (int k = 0; k < k_end; k += V) {
       Vec bv[TN_ACTIVE];
@@ -291,7 +306,8 @@ __device__ __forceinline__ void simt_product(acc_t (&acc)[TM][TN], const scalar_
         }
       }
     }
-  } else if constexpr (RT == 1 && A_RS == 1 && TM % V == 0 && TR % V == 0 && A_CS % V == 0) {
+  } else if constexpr (kSimtVectorLoads && RT == 1 && A_RS == 1 && TM % V == 0 && TR % V == 0 && A_CS % V == 0) {
+    const scalar_t* a_rows = a + tr * TR;
 #pragma unroll 4
     for (int k = 0; k < k_end; ++k) {
       acc_t bv[TN_ACTIVE];
@@ -314,7 +330,7 @@ __device__ __forceinline__ void simt_product(acc_t (&acc)[TM][TN], const scalar_
     for (int k = 0; k < k_end; ++k) {
       acc_t av[TM], bv[TN_ACTIVE];
 #pragma unroll
-      for (int i = 0; i < TM; ++i) av[i] = static_cast<acc_t>(a_rows[i * RT * A_RS + k * A_CS]);
+      for (int i = 0; i < TM; ++i) av[i] = static_cast<acc_t>(a[(tr * TR + i * RT) * A_RS + k * A_CS]);
 #pragma unroll
       for (int j = 0; j < TN_ACTIVE; ++j) bv[j] = static_cast<acc_t>(b[k * B_RS + (tc + j * CT) * B_CS]);
 #pragma unroll
@@ -382,8 +398,8 @@ __device__ void fwd_layer_simt(scalar_t* act, const scalar_t* weights, const at:
 
 // partial dW[n][k] (+)= sum_r grad[r][n] * in[r][k] over the tile's rows, for the column groups
 // that hold real inputs k < in_features (the reduction reads no other column). Each thread
-// owns a fixed set of (n, k) of its block's slice: no atomics. Its rows n are consecutive, so
-// it loads its part of a gradient row 16 bytes at a time.
+// owns a fixed set of (n, k) of its block's slice: no atomics. With vector loads its rows n are
+// consecutive, so it loads its part of a gradient row 16 bytes at a time.
 template <typename scalar_t, int W>
 __device__ void weight_grad_simt(const scalar_t* grad, const scalar_t* in, int in_features,
                                  at::opmath_type<scalar_t>* partial, bool first) {
@@ -392,6 +408,8 @@ __device__ void weight_grad_simt(const scalar_t* grad, const scalar_t* in, int i
   using Simt = SimtTile<scalar_t, W>;
   constexpr int LD = Tile::kLd, TM = Simt::kGradRowsPerThread, TN = Simt::kThreadCols;
   constexpr int RT = Simt::kRowThreads, CT = Simt::kColThreads;
+  // Thread tr's rows of a chunk: tr * TR + i * RI.
+  constexpr int TR = kSimtVectorLoads ? TM : 1, RI = kSimtVectorLoads ? 1 : RT;
   const int tr = threadIdx.x / CT, tc = threadIdx.x % CT;
   with_column_groups<TN>(static_cast<int>(ceil_div(in_features, CT)), [&](auto groups) {
     constexpr int G = decltype(groups)::value;
@@ -401,26 +419,26 @@ __device__ void weight_grad_simt(const scalar_t* grad, const scalar_t* in, int i
       for (int i = 0; i < TM; ++i) {
 #pragma unroll
         for (int j = 0; j < G; ++j) {
-          acc[i][j] = first ? acc_t(0) : partial[(n0 + tr * TM + i) * W + tc + j * CT];
+          acc[i][j] = first ? acc_t(0) : partial[(n0 + tr * TR + i * RI) * W + tc + j * CT];
         }
       }
       // A(n, r) = grad[r][n0 + n], B(r, k) = in[r][k]
-      simt_product<TM, G, G, TM, 1, CT, 1, LD, LD, 1>(acc, grad + n0, in, tr, tc, Tile::kRows);
+      simt_product<TM, G, G, TR, RI, CT, 1, LD, LD, 1>(acc, grad + n0, in, tr, tc, Tile::kRows);
 #pragma unroll
       for (int i = 0; i < TM; ++i) {
 #pragma unroll
-        for (int j = 0; j < G; ++j) partial[(n0 + tr * TM + i) * W + tc + j * CT] = acc[i][j];
+        for (int j = 0; j < G; ++j) partial[(n0 + tr * TR + i * RI) * W + tc + j * CT] = acc[i][j];
       }
     }
   });
 }
 
 // grad[r][:] = mask(round(grad[r][:] @ weights), in[r][:]) in place (no mask for the input
-// layer, whose result goes to grad_input instead). `weights_t` is the layer's weights
-// transposed ([in][out], load_tile_transposed), so both operands run along the reduction in
-// shared memory and simt_product loads them 16 bytes at a time.
+// layer, whose result goes to grad_input instead). With kWeightsTransposedInBwd `weights` holds
+// the layer's weights transposed ([in][out], load_tile_transposed), so both operands run along
+// the reduction in shared memory and simt_product loads them 16 bytes at a time.
 template <typename scalar_t, int W>
-__device__ void grad_below_simt(scalar_t* grad, const scalar_t* weights_t, const scalar_t* in, int in_features,
+__device__ void grad_below_simt(scalar_t* grad, const scalar_t* weights, const scalar_t* in, int in_features,
                                 int out_features, bool mask, scalar_t* grad_input, int64_t row0, int64_t rows) {
   using Tile = MlpTile<scalar_t, W>;
   using acc_t = typename Tile::acc_t;
@@ -429,10 +447,12 @@ __device__ void grad_below_simt(scalar_t* grad, const scalar_t* weights_t, const
   constexpr int RT = Simt::kRowThreads, CT = Simt::kColThreads;
   const int tr = threadIdx.x / CT, tc = threadIdx.x % CT;
   acc_t acc[TM][TN] = {};
-  // C[r][k] = sum_n grad[r][n] * weights_t[k][n]
+  // C[r][k] = sum_n grad[r][n] * W[n][k], W[n][k] at weights[n * W_NS + k * W_KS]
+  constexpr bool kTransposed = Tile::kWeightsTransposedInBwd;
+  constexpr int W_NS = kTransposed ? 1 : LD, W_KS = kTransposed ? LD : 1;
   with_column_groups<TN>(static_cast<int>(ceil_div(in_features, CT)), [&](auto groups) {
-    simt_product<TM, TN, decltype(groups)::value, 1, RT, CT, LD, 1, 1, LD>(acc, grad, weights_t, tr, tc,
-                                                                         round_up4(out_features));
+    simt_product<TM, TN, decltype(groups)::value, 1, RT, CT, LD, 1, W_NS, W_KS>(acc, grad, weights, tr, tc,
+                                                                               round_up4(out_features));
   });
   __syncthreads();  // every thread has read the gradient tile it is about to overwrite
 #pragma unroll
@@ -655,10 +675,10 @@ __device__ void mlp_bwd_tiles(const MlpBwdArgs<scalar_t>& args) {
       const int32_t weight_slot = args.weight_slot[layer], bias_slot = args.bias_slot[layer];
       __syncthreads();  // the layer above is done with the weights and the input tile
       if (below) {
-        if constexpr (Tile::kTensorCores) {
-          load_tile<scalar_t, W, W, LD>(weights, net.weight[layer], 0, out_features, in_features);
-        } else {
+        if constexpr (Tile::kWeightsTransposedInBwd) {
           load_tile_transposed<scalar_t, W, LD>(weights, net.weight[layer], out_features, in_features);
+        } else {
+          load_tile<scalar_t, W, W, LD>(weights, net.weight[layer], 0, out_features, in_features);
         }
       }
       if (weight_slot >= 0 || (below && mask)) {
