@@ -132,6 +132,8 @@ stage_mlp_vector_loads() {
       MAX_JOBS=${MAX_JOBS:-16} timeout "$(limit 300)" $PY setup.py build_ext --inplace ) > "$OUT/vector_loads_build.log" 2>&1; then
     step "vector loads: BUILD FAILED (see vector_loads_build.log)"; return
   fi
+  ( cd "$copy" && PYTHONPATH="$copy" $PY -c "from fusedmlp import _C; print('vector loads: testing', _C.__file__)" ) 2>&1 |
+    tee -a "$OUT/summary.txt"
   local parallel=()
   $PY -c "import xdist" 2> /dev/null && parallel=(-n "${TEST_WORKERS:-8}")
   ( cd "$copy" && PYTHONPATH="$copy" timeout "$(limit 240)" $PY -m pytest tests/test_cuda_mlp.py -m gpu -q -p no:cacheprovider \
