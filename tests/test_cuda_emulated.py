@@ -1,7 +1,8 @@
 """The CUDA C++ kernels' CUDA-core code, run on the CPU: no GPU needed.
 
-csrc/cuda/mlp.cu (the whole-network forward, backward and gradient reduction in fp32 / fp64)
-and csrc/cuda/sgd.cu (the SGD step, every dtype) are cut at their "Host side" divider, and the
+csrc/cuda/mlp.cu (the whole-network forward, backward and gradient reduction in fp32 / fp64),
+csrc/cuda/sgd.cu (the SGD step, every dtype) and csrc/cuda/linear_relu.cu (the CUDA-core GEMM
+with its epilogues, split-K and bias gradient, fp32 / fp64) are cut at their "Host side" divider, and the
 device part is compiled with g++ against tests/cuda_emulation/cuda_emulation.h: a thread block
 runs as one std::thread per CUDA thread, `__syncthreads()` is a barrier, blocks run in turn.
 tests/cuda_emulation/*_emulated.cpp launch the kernels as the CUDA host side does (the grid,
@@ -10,6 +11,7 @@ the results are compared with PyTorch here.
 
 What this verifies without a GPU: the kernels' indexing, tiling, padding and trimming, the ReLU
 masks, the per-block partials and their fixed-order reduction, the SGD table's block search,
+Linear+ReLU's strided and masked operand views and its split-K plan,
 and that no thread of a block waits at a barrier the others skip. What it cannot: the
 tensor-core (fp16 / bf16 wmma) paths, the CUDA host code (streams, guards, occupancy), the
 GPU's memory model and timing; those are the GPU-marked tests' (tests/test_cuda_mlp.py,
@@ -31,6 +33,8 @@ from support import close_to_reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARNESS = os.path.join(ROOT, "tests", "cuda_emulation")
+# The csrc/cuda files whose device part runs here, each launched by tests/cuda_emulation/<name>_emulated.cpp.
+EMULATED_FILES = ("mlp.cu", "sgd.cu", "linear_relu.cu")
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +72,7 @@ def _device_part(cu_file: str) -> str:
     path = os.path.join(ROOT, "csrc", "cuda", cu_file)
     with open(path) as f:
         lines = f.read().split("\n")
-    divider = lines.index("// Host side") - 1
+    divider = next(i for i, line in enumerate(lines) if line.startswith("// Host side")) - 1
     if not lines[divider].startswith("// ---"):
         raise RuntimeError(f"{cu_file}: the 'Host side' comment is expected under a '// ---' divider")
     device = lines[:divider]
@@ -92,10 +96,12 @@ def build_emulated(generated_dir, build_dir, vector_loads: bool = False):
         return None
     from torch.utils.cpp_extension import load
 
-    for cu_file, name in (("mlp.cu", "mlp_device.inc"), ("sgd.cu", "sgd_device.inc")):
+    for cu_file in EMULATED_FILES:
+        name = cu_file.replace(".cu", "_device.inc")
         with open(os.path.join(generated_dir, name), "w") as f:
             f.write(_device_part(cu_file))
-    sources = [os.path.join(HARNESS, f) for f in ("mlp_emulated.cpp", "sgd_emulated.cpp", "bindings.cpp")]
+    sources = [os.path.join(HARNESS, f.replace(".cu", "_emulated.cpp")) for f in EMULATED_FILES]
+    sources.append(os.path.join(HARNESS, "bindings.cpp"))
     return load(
         name="fusedmlp_cuda_emulated" + ("_vector_loads" if vector_loads else ""),
         sources=sources,
@@ -398,10 +404,53 @@ def test_sgd_kernel_device_scalars(emulated):
         assert torch.equal(a, b)
 
 
+# ---------------------------------------------------------------------------------------
+# Linear+ReLU (csrc/cuda/linear_relu.cu)
+
+# (M, K, N, sms): one tile and a ragged edge; tiles at several K steps; a narrow output over a
+# long reduction that a GPU of 8 SMs splits along K (8 splits of 1024) for both products over
+# the batch.
+LINEAR_SHAPES = [
+    pytest.param(5, 3, 7, 132, id="5x3x7"),
+    pytest.param(130, 70, 65, 132, id="130x70x65"),
+    pytest.param(8192, 4, 3, 8, id="8192x4x3_split_k"),
+]
+
+
+@pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,K,N,sms", LINEAR_SHAPES)
+def test_linear_relu_kernels_match_torch(emulated, M, K, N, sms, dtype, relu):
+    """Forward (bias and ReLU in the epilogue) and backward (input, weight and bias gradients
+    through the masked gradient view), with a transposed weight as nn.Linear's .t() views give
+    it, against torch in the dtype and float64."""
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randn(M, K, generator=gen, dtype=torch.float64)
+    weight = torch.randn(K, N, generator=gen, dtype=torch.float64).t()  # [N, K], column-major
+    bias = torch.randn(N, generator=gen, dtype=torch.float64)
+    grad_output = torch.randn(M, N, generator=gen, dtype=torch.float64)
+
+    def reference(x, weight, bias, grad_output):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]
+        out = F.linear(*leaves)
+        out = torch.relu(out) if relu else out
+        out.backward(grad_output)
+        return [out.detach()] + [leaf.grad for leaf in leaves]
+
+    x_d, w_d, b_d, go_d = (t.to(dtype) for t in (x, weight, bias, grad_output))
+    out = emulated.linear_relu_fwd(x_d, w_d, b_d, relu, sms)
+    grads = emulated.linear_relu_bwd(go_d, x_d, w_d, out, relu, sms)
+    floor = 1e-5 if dtype == torch.float32 else 1e-12
+    for ours, ref, theirs in zip(
+        [out, *grads], reference(x, weight, bias, grad_output), reference(x_d, w_d, b_d, go_d)
+    ):
+        close_to_reference(ours, ref, theirs, floor=floor, terms=max(M, K, N))
+
+
 def test_emulation_covers_the_cuda_files_it_cuts():
     """Each emulated file keeps its "Host side" divider, and nothing above it launches or
     calls the CUDA runtime (that belongs to the host part, which the emulator does not build)."""
-    for cu_file in ("mlp.cu", "sgd.cu"):
+    for cu_file in EMULATED_FILES:
         device = _device_part(cu_file)
         assert "<<<" not in device and "cudaStream" not in device and "TORCH_LIBRARY" not in device, cu_file
 

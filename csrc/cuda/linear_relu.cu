@@ -475,7 +475,8 @@ __global__ void __launch_bounds__(kBiasGradCols* kBiasGradRows)
 }
 
 // ---------------------------------------------------------------------------
-// Host-side launchers
+// Launch plans: host code without CUDA calls (tests/cuda_emulation launches the kernels on
+// the CPU with it)
 // ---------------------------------------------------------------------------
 
 template <int BLOCK_M, int BLOCK_N>
@@ -502,13 +503,29 @@ constexpr int64_t kSplitKMinLength = 1024;  // reductions per split: keeps the p
 constexpr int64_t kSplitKMaxSplits = 256;   // bounds the partials' memory
 constexpr int kSplitKReduceThreads = 256;
 
-// Reduction length per split (a multiple of block_k); K itself when the GEMM is not split.
-int64_t split_k_length(int64_t tiles, int64_t K, int64_t block_k) {
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+// Reduction length per split (a multiple of block_k) on a GPU of `sms` SMs; K itself when the
+// GEMM is not split.
+int64_t split_k_length(int64_t tiles, int64_t K, int64_t block_k, int64_t sms) {
   if (tiles >= sms || K < 2 * kSplitKMinLength) return K;
   const int64_t splits = std::min({ceil_div(2 * sms, tiles), K / kSplitKMinLength, kSplitKMaxSplits});
   return splits > 1 ? ceil_div(ceil_div(K, splits), block_k) * block_k : K;
 }
+
+// Rows per chunk of the bias gradient's first pass (relu_bias_grad_kernel): the count of
+// chunks depends only on M.
+int64_t bias_grad_rows_per_chunk(int64_t M) {
+  return std::max(kBiasGradMinRowsPerChunk, ceil_div(M, kBiasGradMaxChunks));
+}
+
+template <typename scalar_t>
+StridedMatrix<scalar_t> strided_view(const at::Tensor& t, bool transpose = false) {
+  const int64_t s0 = t.stride(0), s1 = t.stride(1);
+  return {t.const_data_ptr<scalar_t>(), transpose ? s1 : s0, transpose ? s0 : s1};
+}
+
+// ---------------------------------------------------------------------------
+// Host side: launchers
+// ---------------------------------------------------------------------------
 
 // One launch of a GEMM body over grid (tiles, splits); out is [splits, M, N].
 template <typename scalar_t, typename out_t, typename OperandA, typename OperandB>
@@ -541,7 +558,9 @@ void launch_linear_relu_gemm(const OperandA& a, const OperandB& b, const scalar_
   // wmma bf16 needs sm_80; fp16 is kept on the same path for one code path to test.
   const bool tensor_cores = kIsReducedFloat<scalar_t> && at::cuda::getCurrentDeviceProperties()->major >= 8;
   const int64_t tiles = ceil_div(M, kGemmTileM) * ceil_div(N, kGemmTileN);
-  const int64_t k_split = split_k_length(tiles, K, tensor_cores ? TensorCoreConfig::kBlockK : SimtConfig::kBlockK);
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t k_split =
+      split_k_length(tiles, K, tensor_cores ? TensorCoreConfig::kBlockK : SimtConfig::kBlockK, sms);
   if (k_split >= K) {
     launch_gemm_blocks<scalar_t>(tensor_cores, a, b, bias, bias_stride, relu, out, M, N, K, K, 1, stream);
     return;
@@ -556,19 +575,13 @@ void launch_linear_relu_gemm(const OperandA& a, const OperandB& b, const scalar_
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <typename scalar_t>
-StridedMatrix<scalar_t> strided_view(const at::Tensor& t, bool transpose = false) {
-  const int64_t s0 = t.stride(0), s1 = t.stride(1);
-  return {t.const_data_ptr<scalar_t>(), transpose ? s1 : s0, transpose ? s0 : s1};
-}
-
 // grad_bias[N] = sum over rows of grad (an [M, N] operand view).
 template <typename scalar_t, typename Operand>
 void launch_relu_bias_grad(const Operand& grad, int64_t M, int64_t N, at::Tensor& grad_bias) {
   if (N == 0) return;
   using acc_t = at::opmath_type<scalar_t>;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const int64_t rows_per_chunk = std::max(kBiasGradMinRowsPerChunk, ceil_div(M, kBiasGradMaxChunks));
+  const int64_t rows_per_chunk = bias_grad_rows_per_chunk(M);
   const int64_t chunks = std::max<int64_t>(1, ceil_div(M, rows_per_chunk));
   const dim3 block(kBiasGradCols, kBiasGradRows);
   const dim3 grid(static_cast<unsigned int>(ceil_div(N, kBiasGradCols)), static_cast<unsigned int>(chunks));
