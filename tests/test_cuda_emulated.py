@@ -1,21 +1,24 @@
-"""The CUDA C++ kernels' CUDA-core code, run on the CPU: no GPU needed.
+"""The CUDA C++ kernels, run on the CPU: no GPU needed.
 
-csrc/cuda/mlp.cu (the whole-network forward, backward and gradient reduction in fp32 / fp64),
-csrc/cuda/sgd.cu (the SGD step, every dtype) and csrc/cuda/linear_relu.cu (the CUDA-core GEMM
-with its epilogues, split-K and bias gradient, fp32 / fp64) are cut at their "Host side" divider, and the
-device part is compiled with g++ against tests/cuda_emulation/cuda_emulation.h: a thread block
-runs as one std::thread per CUDA thread, `__syncthreads()` is a barrier, blocks run in turn.
-tests/cuda_emulation/*_emulated.cpp launch the kernels as the CUDA host side does (the grid,
-the dynamic shared memory, the persistent backward grid and its reduction, the SGD table), and
-the results are compared with PyTorch here.
+csrc/cuda/mlp.cu (the whole-network forward, backward and gradient reduction, fp32 / fp64 on
+CUDA cores and fp16 / bf16 on tensor cores), csrc/cuda/sgd.cu (the SGD step, every dtype) and
+csrc/cuda/linear_relu.cu (the CUDA-core GEMM with its epilogues, split-K and bias gradient,
+fp32 / fp64) are cut at their "Host side" divider, and the device part is compiled with g++
+against tests/cuda_emulation/cuda_emulation.h: a thread block runs as one std::thread per CUDA
+thread, `__syncthreads()` / `__syncwarp()` are barriers of the block / warp, blocks run in turn,
+and nvcuda::wmma works on whole 16x16 tiles per lane. tests/cuda_emulation/*_emulated.cpp
+launch the kernels as the CUDA host side does (the grid, the dynamic shared memory, the
+persistent backward grid and its reduction, the SGD table, the split-K plan), and the results
+are compared with PyTorch here.
 
 What this verifies without a GPU: the kernels' indexing, tiling, padding and trimming, the ReLU
 masks, the per-block partials and their fixed-order reduction, the SGD table's block search,
-Linear+ReLU's strided and masked operand views and its split-K plan,
-and that no thread of a block waits at a barrier the others skip. What it cannot: the
-tensor-core (fp16 / bf16 wmma) paths, the CUDA host code (streams, guards, occupancy), the
-GPU's memory model and timing; those are the GPU-marked tests' (tests/test_cuda_mlp.py,
-tests/test_sgd.py).
+Linear+ReLU's strided and masked operand views and its split-K plan, the MLP's tensor-core
+fragments, staging and epilogues, and that no thread waits at a barrier the others of its block
+or warp skip. What it cannot: warp shuffles (csrc/cuda/cross_entropy.cu), the hardware's own
+fragment layouts and tensor-core summation order, the CUDA host code (streams, guards,
+occupancy), the GPU's memory model and timing; those are the GPU-marked tests'
+(tests/test_cuda_mlp.py, tests/test_sgd.py, tests/test_linear_relu.py).
 """
 
 from __future__ import annotations
@@ -190,10 +193,11 @@ def _mlp_bwd(module, grad_output, x, weights, outputs, bias, blocks):
     )
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("widths,rows", NETWORKS)
-@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
-def test_mlp_kernels_match_sequential(emulated_mlp, widths, rows, dtype, bias):
+# Error floors against the float64 reference, on top of twice torch's own error in the dtype.
+FLOORS = {torch.float32: 1e-5, torch.float64: 1e-12, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+
+
+def _check_mlp_against_sequential(module, widths, rows, dtype, bias):
     """Forward (every layer's output) and backward (input, weight and bias gradients) against
     nn.Sequential's ops, in the dtype and against float64 (close_to_reference); the backward
     with a persistent grid of 2 blocks, so a block walks several tiles where there are."""
@@ -204,17 +208,34 @@ def test_mlp_kernels_match_sequential(emulated_mlp, widths, rows, dtype, bias):
     cast = [t.to(dtype) for t in [x, *weights, *biases, grad_output]]
     x_d, w_d, b_d, go_d = cast[0], cast[1 : 1 + len(weights)], cast[1 + len(weights) : -1], cast[-1]
 
-    outputs = emulated_mlp.mlp_fwd(x_d, w_d, b_d)
+    outputs = module.mlp_fwd(x_d, w_d, b_d)
     reference, same_dtype = _sequential(x, weights, biases), _sequential(x_d, w_d, b_d)
     for ours, ref, theirs in zip(outputs, reference, same_dtype):
-        close_to_reference(ours, ref, theirs, floor=1e-5 if dtype == torch.float32 else 1e-12, terms=max(widths))
+        close_to_reference(ours, ref, theirs, floor=FLOORS[dtype], terms=max(widths))
 
-    grads = _mlp_bwd(emulated_mlp, go_d, x_d, w_d, outputs, bias, 2)
+    grads = _mlp_bwd(module, go_d, x_d, w_d, outputs, bias, 2)
     reference = _sequential_grads(x, weights, biases, grad_output)
     same_dtype = _sequential_grads(x_d, w_d, b_d, go_d)
     assert len(grads) == len(reference)
     for ours, ref, theirs in zip(grads, reference, same_dtype):
-        close_to_reference(ours, ref, theirs, floor=1e-5 if dtype == torch.float32 else 1e-12, terms=max(rows, 128))
+        close_to_reference(ours, ref, theirs, floor=FLOORS[dtype], terms=max(rows, 128))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("widths,rows", NETWORKS)
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_mlp_kernels_match_sequential(emulated_mlp, widths, rows, dtype, bias):
+    """The CUDA-core kernels (fp32, fp64), in both builds."""
+    _check_mlp_against_sequential(emulated_mlp, widths, rows, dtype, bias)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("widths,rows", NETWORKS)
+def test_mlp_tensor_core_kernels_match_sequential(emulated, widths, rows, dtype):
+    """The tensor-core kernels (fp16, bf16; wmma emulated 16x16x16 tiles): fragments per warp,
+    the staging of accumulators through shared memory, the epilogues and masks, the weight
+    gradient's strips."""
+    _check_mlp_against_sequential(emulated, widths, rows, dtype, bias=True)
 
 
 @pytest.mark.parametrize("blocks", [1, 3, 5])
@@ -417,13 +438,17 @@ LINEAR_SHAPES = [
 ]
 
 
+ALL_DTYPES = DTYPES + [pytest.param(torch.float16, id="fp16"), pytest.param(torch.bfloat16, id="bf16")]
+
+
 @pytest.mark.parametrize("relu", [True, False], ids=["relu", "linear"])
-@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dtype", ALL_DTYPES)
 @pytest.mark.parametrize("M,K,N,sms", LINEAR_SHAPES)
 def test_linear_relu_kernels_match_torch(emulated, M, K, N, sms, dtype, relu):
     """Forward (bias and ReLU in the epilogue) and backward (input, weight and bias gradients
     through the masked gradient view), with a transposed weight as nn.Linear's .t() views give
-    it, against torch in the dtype and float64."""
+    it, against torch in the dtype and float64: the CUDA-core GEMM for fp32 / fp64, the
+    tensor-core one for fp16 / bf16."""
     gen = torch.Generator().manual_seed(9)
     x = torch.randn(M, K, generator=gen, dtype=torch.float64)
     weight = torch.randn(K, N, generator=gen, dtype=torch.float64).t()  # [N, K], column-major
@@ -440,11 +465,10 @@ def test_linear_relu_kernels_match_torch(emulated, M, K, N, sms, dtype, relu):
     x_d, w_d, b_d, go_d = (t.to(dtype) for t in (x, weight, bias, grad_output))
     out = emulated.linear_relu_fwd(x_d, w_d, b_d, relu, sms)
     grads = emulated.linear_relu_bwd(go_d, x_d, w_d, out, relu, sms)
-    floor = 1e-5 if dtype == torch.float32 else 1e-12
     for ours, ref, theirs in zip(
         [out, *grads], reference(x, weight, bias, grad_output), reference(x_d, w_d, b_d, go_d)
     ):
-        close_to_reference(ours, ref, theirs, floor=floor, terms=max(M, K, N))
+        close_to_reference(ours, ref, theirs, floor=FLOORS[dtype], terms=max(M, K, N))
 
 
 def test_emulation_covers_the_cuda_files_it_cuts():

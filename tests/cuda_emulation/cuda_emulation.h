@@ -1,19 +1,21 @@
 #pragma once
-// CUDA's device-side vocabulary for host C++, so that the CUDA-core (fp32 / fp64) kernels of
-// csrc/cuda/*.cu run on a CPU, unchanged, for tests on machines without a GPU.
+// CUDA's device-side vocabulary for host C++, so that the kernels of csrc/cuda/*.cu (those
+// without warp shuffles) run on a CPU, unchanged, for tests on machines without a GPU.
 //
 // A thread block runs as one std::thread per CUDA thread; __syncthreads() is a std::barrier of
 // the block, which a thread leaves for good when it returns (as an exited CUDA thread no longer
-// counts at a barrier). Blocks run one after another, so `__shared__` arrays (made `static`
-// here) and the dynamic shared memory are one buffer reused by each block in turn, holding
-// whatever the previous block left, as uninitialised shared memory may. Warp-level operations
-// (shuffles, wmma) are not emulated: the tensor-core code parses against declarations only and
-// aborts if a test ever reaches it.
+// counts at a barrier), and __syncwarp() a barrier of its warp. Blocks run one after another,
+// so `__shared__` arrays (made `static` here) and the dynamic shared memory are one buffer
+// reused by each block in turn, holding whatever the previous block left, as uninitialised
+// shared memory may. nvcuda::wmma is emulated for 16x16x16 tiles (below); warp shuffles are not.
 //
 // Include this before the device part of a .cu file (tests/test_cuda_emulated.py cuts each
 // file at its "Host side" divider and compiles the part above it with g++).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime_api.h>  // dim3, uint3, and the CUDA qualifiers as host-compiler attributes
 
+#include <algorithm>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -23,12 +25,15 @@
 #include <memory>
 #include <optional>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace cuda_emulation {
 
 struct BlockContext {
-  std::barrier<>* barrier = nullptr;
+  std::barrier<>* barrier = nullptr;       // the block's (__syncthreads)
+  std::barrier<>* warp_barrier = nullptr;  // the thread's warp's (__syncwarp)
+  unsigned lane = 0;
   unsigned char* dynamic_shared = nullptr;
 };
 
@@ -52,9 +57,14 @@ void launch(Kernel kernel, dim3 grid, dim3 threads, size_t shared_bytes, const A
   }
   alignas(128) static unsigned char dynamic_shared[kMaxDynamicShared];
   const unsigned count = threads.x * threads.y * threads.z;
+  const unsigned warps = (count + 31) / 32;
   const uint64_t blocks = static_cast<uint64_t>(grid.x) * grid.y * grid.z;
   std::optional<std::barrier<>> block_barrier;
-  std::barrier<std::function<void()>> next_block(count, [&]() noexcept { block_barrier.emplace(count); });
+  std::vector<std::unique_ptr<std::barrier<>>> warp_barriers(warps);
+  std::barrier<std::function<void()>> next_block(count, [&]() noexcept {
+    block_barrier.emplace(count);
+    for (unsigned w = 0; w < warps; ++w) warp_barriers[w] = std::make_unique<std::barrier<>>(std::min(32u, count - 32 * w));
+  });
   std::vector<std::thread> workers;
   workers.reserve(count);
   for (unsigned t = 0; t < count; ++t) {
@@ -66,9 +76,10 @@ void launch(Kernel kernel, dim3 grid, dim3 threads, size_t shared_bytes, const A
         next_block.arrive_and_wait();
         block_idx = {static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
                      static_cast<unsigned>(b / (static_cast<uint64_t>(grid.x) * grid.y))};
-        block = {&*block_barrier, dynamic_shared};
+        block = {&*block_barrier, warp_barriers[t / 32].get(), t % 32, dynamic_shared};
         kernel(args...);
-        block_barrier->arrive_and_drop();
+        block.barrier->arrive_and_drop();
+        block.warp_barrier->arrive_and_drop();
       }
     });
   }
@@ -92,26 +103,68 @@ void launch(Kernel kernel, dim3 grid, dim3 threads, size_t shared_bytes, const A
 // when it is cut out for emulation.
 #define FUSEDMLP_EMULATED_DYNAMIC_SHARED(name) unsigned char* name = ::cuda_emulation::block.dynamic_shared
 
-// Declarations only, for the tensor-core code to parse; nothing here may run.
+#define __syncwarp(...) (::cuda_emulation::block.warp_barrier->arrive_and_wait())
+
+// nvcuda::wmma for 16x16x16 tiles. The hardware spreads a fragment over the warp's registers in
+// a layout it does not document, and the kernels only move fragments through this API, so here
+// every lane holds the whole tile: every lane loads and multiplies its own copy (fp32 products of
+// fp16 / bf16 values are exact, summed in order of k in fp32), and lane 0 alone stores, so a
+// kernel that reads a stored tile before __syncwarp() reads stale data here as it may on a GPU.
 namespace nvcuda::wmma {
-struct matrix_a;
-struct matrix_b;
-struct accumulator;
-struct row_major;
-struct col_major;
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
 enum layout_t { mem_row_major, mem_col_major };
+
 template <typename Use, int M, int N, int K, typename T, typename Layout = void>
 struct fragment {
-  static constexpr int num_elements = 1;
-  T x[1];
+  static_assert(M == 16 && N == 16 && K == 16, "the emulation has 16x16x16 tiles only");
+  float v[16][16];
 };
-template <typename... A>
-void fill_fragment(A&&...);
-template <typename... A>
-void load_matrix_sync(A&&...);
-template <typename... A>
-void store_matrix_sync(A&&...);
-template <typename... A>
-void mma_sync(A&&...);
+
+inline float to_float(float x) { return x; }
+inline float to_float(__half x) { return __half2float(x); }
+inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename Use, typename T, typename Layout>
+void fill_fragment(fragment<Use, 16, 16, 16, T, Layout>& f, float value) {
+  for (auto& row : f.v)
+    for (float& x : row) x = value;
+}
+
+template <typename Use, typename T, typename Layout>
+void load_matrix_sync(fragment<Use, 16, 16, 16, T, Layout>& f, const T* p, unsigned ldm) {
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c)
+      f.v[r][c] = to_float(std::is_same_v<Layout, col_major> ? p[c * ldm + r] : p[r * ldm + c]);
+}
+
+inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float>& f, const float* p, unsigned ldm,
+                             layout_t layout) {
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) f.v[r][c] = layout == mem_col_major ? p[c * ldm + r] : p[r * ldm + c];
+}
+
+inline void store_matrix_sync(float* p, const fragment<accumulator, 16, 16, 16, float>& f, unsigned ldm,
+                              layout_t layout) {
+  if (::cuda_emulation::block.lane != 0) return;
+  for (int r = 0; r < 16; ++r)
+    for (int c = 0; c < 16; ++c) (layout == mem_col_major ? p[c * ldm + r] : p[r * ldm + c]) = f.v[r][c];
+}
+
+template <typename T, typename LayoutA, typename LayoutB>
+void mma_sync(fragment<accumulator, 16, 16, 16, float>& d, const fragment<matrix_a, 16, 16, 16, T, LayoutA>& a,
+              const fragment<matrix_b, 16, 16, 16, T, LayoutB>& b, const fragment<accumulator, 16, 16, 16, float>& c) {
+  fragment<accumulator, 16, 16, 16, float> result;
+  for (int i = 0; i < 16; ++i) {
+    for (int j = 0; j < 16; ++j) {
+      float sum = c.v[i][j];
+      for (int k = 0; k < 16; ++k) sum += a.v[i][k] * b.v[k][j];
+      result.v[i][j] = sum;
+    }
+  }
+  d = result;
+}
 }  // namespace nvcuda::wmma
-void __syncwarp(unsigned mask = 0xffffffffu);

@@ -1,4 +1,5 @@
-// csrc/cuda/mlp.cu's kernels on the CPU (fp32, fp64: the CUDA-core paths), launched as the CUDA
+// csrc/cuda/mlp.cu's kernels on the CPU (fp32 / fp64 on CUDA cores, fp16 / bf16 through the
+// emulated wmma), launched as the CUDA
 // host side launches them, with its own launch-argument code: tile width, one forward block per
 // tile, a persistent backward grid (its size chosen by the caller here, at most one block per
 // tile) and the fixed-order gradient reduction.
@@ -16,8 +17,6 @@ using namespace fusedmlp;
 namespace {
 
 void check_inputs(const at::Tensor& input, const std::vector<at::Tensor>& weights) {
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
-              "the emulator runs the CUDA-core kernels only (float32, float64)");
   TORCH_CHECK(input.is_contiguous(), "contiguous tensors only");
   for (const at::Tensor& w : weights) TORCH_CHECK(w.is_contiguous(), "contiguous tensors only");
 }
@@ -29,7 +28,7 @@ std::vector<at::Tensor> mlp_fwd(const at::Tensor& input, const std::vector<at::T
   check_inputs(input, weights);
   std::vector<at::Tensor> outputs;
   for (const at::Tensor& w : weights) outputs.push_back(at::empty({input.size(0), w.size(0)}, input.options()));
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "mlp_fwd_emulated", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "mlp_fwd_emulated", [&] {
     MlpFwdArgs<scalar_t> args{};
     args.net = network_args<scalar_t>(weights, input.size(1));
     for (size_t i = 0; i < weights.size(); ++i) {
@@ -68,7 +67,7 @@ std::vector<at::Tensor> mlp_bwd(const at::Tensor& grad_output, const at::Tensor&
     if (bias_mask[i]) lowest_layer = std::min(lowest_layer, static_cast<int>(i));
   }
   const at::Tensor grad_input = input_grad ? at::empty_like(input) : at::empty({0}, options);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "mlp_bwd_emulated", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "mlp_bwd_emulated", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     MlpBwdArgs<scalar_t> args{};
     args.net = network_args<scalar_t>(weights, input.size(1));
