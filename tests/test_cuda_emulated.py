@@ -146,7 +146,7 @@ def emulated_mlp(request, tmp_path_factory):
 # Whole-network MLP (csrc/cuda/mlp.cu)
 
 # Padded tile widths 16, 32, 64 and 128; layers narrower than the tile (trimmed products);
-# batches of one row, exactly one 64-row fp32 tile, and not a tile multiple.
+# batches of one row, exactly one 64-row fp32 tile, and not a tile multiple; eight layers.
 NETWORKS = [
     pytest.param((16, 16), 64, id="16-16"),
     pytest.param((2, 30, 20, 2), 100, id="2-30-20-2"),
@@ -154,6 +154,7 @@ NETWORKS = [
     pytest.param((64, 64, 64, 64, 64), 130, id="64x4"),
     pytest.param((3, 100, 70, 40, 9), 65, id="3-100-70-40-9"),
     pytest.param((128, 5, 128), 33, id="128-5-128"),
+    pytest.param((5, 9, 4, 16, 3, 7, 2, 11, 6), 40, id="8_layers"),  # the most the kernels cover
 ]
 DTYPES = [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float64, id="fp64")]
 
