@@ -63,7 +63,9 @@ void launch(Kernel kernel, dim3 grid, dim3 threads, size_t shared_bytes, const A
   std::vector<std::unique_ptr<std::barrier<>>> warp_barriers(warps);
   std::barrier<std::function<void()>> next_block(count, [&]() noexcept {
     block_barrier.emplace(count);
-    for (unsigned w = 0; w < warps; ++w) warp_barriers[w] = std::make_unique<std::barrier<>>(std::min(32u, count - 32 * w));
+    for (unsigned w = 0; w < warps; ++w) {
+      warp_barriers[w] = std::make_unique<std::barrier<>>(std::min(32u, count - 32 * w));
+    }
   });
   std::vector<std::thread> workers;
   workers.reserve(count);

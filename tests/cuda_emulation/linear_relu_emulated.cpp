@@ -64,12 +64,13 @@ void bias_grad(const Operand& grad, int64_t M, int64_t N, at::Tensor& grad_bias)
   const dim3 grid(static_cast<unsigned>(ceil_div(N, kBiasGradCols)), static_cast<unsigned>(chunks));
   scalar_t* result = grad_bias.mutable_data_ptr<scalar_t>();
   if (chunks == 1) {
-    cuda_emulation::launch(relu_bias_grad_kernel<Operand, scalar_t>, grid, block, 0, grad, result, M, N, rows_per_chunk);
+    cuda_emulation::launch(relu_bias_grad_kernel<Operand, scalar_t>, grid, block, 0, grad, result, M, N,
+                           rows_per_chunk);
     return;
   }
   at::Tensor partials = at::empty({chunks, N}, grad_bias.options().dtype(at::toOpMathType(grad_bias.scalar_type())));
-  cuda_emulation::launch(relu_bias_grad_kernel<Operand, acc_t>, grid, block, 0, grad, partials.mutable_data_ptr<acc_t>(),
-                         M, N, rows_per_chunk);
+  cuda_emulation::launch(relu_bias_grad_kernel<Operand, acc_t>, grid, block, 0, grad,
+                         partials.mutable_data_ptr<acc_t>(), M, N, rows_per_chunk);
   const StridedMatrix<acc_t> partial_view{partials.const_data_ptr<acc_t>(), N, 1};
   cuda_emulation::launch(relu_bias_grad_kernel<StridedMatrix<acc_t>, scalar_t>, dim3(grid.x, 1), block, 0,
                          partial_view, result, chunks, N, chunks);
