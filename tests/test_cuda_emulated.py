@@ -64,7 +64,8 @@ def _nvidia_wheel_include_dirs() -> list[str]:
         import nvidia
     except ImportError:
         return []
-    return sorted({os.path.join(root, d, "include") for root in nvidia.__path__ for d in os.listdir(root)})
+    dirs = {os.path.join(root, d, "include") for root in nvidia.__path__ for d in os.listdir(root)}
+    return sorted(d for d in dirs if os.path.isdir(d))
 
 
 def _device_part(cu_file: str) -> str:
