@@ -817,6 +817,50 @@ MlpNetwork<scalar_t> network_args(const std::vector<at::Tensor>& weights, int64_
   return net;
 }
 
+// The forward's arguments; every tensor contiguous, `outputs` one per layer, `biases` one per
+// layer or none.
+template <typename scalar_t>
+MlpFwdArgs<scalar_t> fwd_args(const at::Tensor& input, const std::vector<at::Tensor>& weights,
+                              const std::vector<at::Tensor>& biases, const std::vector<at::Tensor>& outputs) {
+  MlpFwdArgs<scalar_t> args{};
+  args.net = network_args<scalar_t>(weights, input.size(1));
+  for (size_t i = 0; i < weights.size(); ++i) {
+    args.bias[i] = biases.empty() ? nullptr : biases[i].const_data_ptr<scalar_t>();
+    args.out[i] = outputs[i].mutable_data_ptr<scalar_t>();
+  }
+  args.input = input.const_data_ptr<scalar_t>();
+  args.rows = input.size(0);
+  return args;
+}
+
+// The lowest layer the backward visits: below it no gradient is wanted (the number of layers
+// when none is).
+inline int lowest_wanted_layer(bool input_grad, const std::vector<bool>& weight_mask,
+                               const std::vector<bool>& bias_mask) {
+  int lowest = input_grad ? 0 : static_cast<int>(weight_mask.size());
+  for (size_t i = 0; i < weight_mask.size(); ++i) {
+    if (weight_mask[i] || (i < bias_mask.size() && bias_mask[i])) lowest = std::min(lowest, static_cast<int>(i));
+  }
+  return lowest;
+}
+
+// The backward's arguments but for the workspace (plan_parameter_grads, then the launcher); every
+// tensor contiguous, `grad_input` undefined when not wanted.
+template <typename scalar_t>
+MlpBwdArgs<scalar_t> bwd_args(const at::Tensor& grad_output, const at::Tensor& input,
+                              const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& activations,
+                              const at::Tensor& grad_input, int lowest_layer) {
+  MlpBwdArgs<scalar_t> args{};
+  args.net = network_args<scalar_t>(weights, input.size(1));
+  args.input = input.const_data_ptr<scalar_t>();
+  for (size_t i = 0; i < activations.size(); ++i) args.activation[i] = activations[i].const_data_ptr<scalar_t>();
+  args.grad_output = grad_output.const_data_ptr<scalar_t>();
+  args.grad_input = grad_input.defined() ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
+  args.lowest_layer = lowest_layer;
+  args.rows = input.size(0);
+  return args;
+}
+
 // Workspace slots (padded [W, W] and [W]) for the wanted parameter gradients only (the numel 0
 // ones are not wanted), and the list of gradients the reduction writes. Returns the workspace
 // elements per backward block.
@@ -824,27 +868,23 @@ template <typename scalar_t, int W>
 int64_t plan_parameter_grads(MlpBwdArgs<scalar_t>& args, MlpGradReduceArgs<scalar_t>& reduce,
                              const std::vector<at::Tensor>& weight_grads, const std::vector<at::Tensor>& bias_grads) {
   int64_t stride = 0;
+  // `grad` ([rows, cols], or a bias as one row) gets the next `size` elements of a block's
+  // slice; returns its slot.
+  const auto add = [&](const at::Tensor& grad, int64_t cols, int64_t size) {
+    const auto slot = static_cast<int32_t>(stride);
+    reduce.dst[reduce.count] = grad.mutable_data_ptr<scalar_t>();
+    reduce.slot[reduce.count] = slot;
+    reduce.cols[reduce.count] = static_cast<int32_t>(cols);
+    reduce.begin[reduce.count + 1] = reduce.begin[reduce.count] + grad.numel();
+    ++reduce.count;
+    stride += size;
+    return slot;
+  };
   for (int i = 0; i < args.net.layers; ++i) {
     args.weight_slot[i] = args.bias_slot[i] = -1;
-    const bool want_weight = weight_grads[i].numel() > 0;
-    const bool want_bias = static_cast<size_t>(i) < bias_grads.size() && bias_grads[i].numel() > 0;
-    if (want_weight) {
-      args.weight_slot[i] = static_cast<int32_t>(stride);
-      reduce.dst[reduce.count] = weight_grads[i].mutable_data_ptr<scalar_t>();
-      reduce.slot[reduce.count] = args.weight_slot[i];
-      reduce.cols[reduce.count] = static_cast<int32_t>(weight_grads[i].size(1));
-      reduce.begin[reduce.count + 1] = reduce.begin[reduce.count] + weight_grads[i].numel();
-      ++reduce.count;
-      stride += W * W;
-    }
-    if (want_bias) {
-      args.bias_slot[i] = static_cast<int32_t>(stride);
-      reduce.dst[reduce.count] = bias_grads[i].mutable_data_ptr<scalar_t>();
-      reduce.slot[reduce.count] = args.bias_slot[i];
-      reduce.cols[reduce.count] = static_cast<int32_t>(bias_grads[i].numel());
-      reduce.begin[reduce.count + 1] = reduce.begin[reduce.count] + bias_grads[i].numel();
-      ++reduce.count;
-      stride += W;
+    if (weight_grads[i].numel() > 0) args.weight_slot[i] = add(weight_grads[i], weight_grads[i].size(1), W * W);
+    if (static_cast<size_t>(i) < bias_grads.size() && bias_grads[i].numel() > 0) {
+      args.bias_slot[i] = add(bias_grads[i], bias_grads[i].numel(), W);
     }
   }
   return stride;
@@ -926,14 +966,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> mlp_fwd_cuda(const at::Tensor& i
   const std::vector<at::Tensor> weights_c = contiguous_all(weights);
   const std::vector<at::Tensor> biases_c = contiguous_all(biases);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "mlp_fwd_cuda", [&] {
-    MlpFwdArgs<scalar_t> args{};
-    args.net = network_args<scalar_t>(weights_c, input.size(1));
-    for (size_t i = 0; i < layers; ++i) {
-      args.bias[i] = biases_c.empty() ? nullptr : biases_c[i].const_data_ptr<scalar_t>();
-      args.out[i] = outputs[i].mutable_data_ptr<scalar_t>();
-    }
-    args.input = input_c.const_data_ptr<scalar_t>();
-    args.rows = M;
+    const MlpFwdArgs<scalar_t> args = fwd_args<scalar_t>(input_c, weights_c, biases_c, outputs);
     dispatch_tile_width(tile_width(input, weights), [&](auto width) { launch_mlp_fwd<scalar_t, decltype(width)::value>(args); });
   });
   return {output, activations};
@@ -1001,15 +1034,9 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_bwd
   };
   at::Tensor grad_input = input_grad ? at::empty({M, input.size(1)}, options) : at::empty({0}, options);
   std::vector<at::Tensor> grad_weights, grad_biases;
-  int lowest_layer = input_grad ? 0 : layers;
-  for (int i = 0; i < layers; ++i) {
-    grad_weights.push_back(param_grad(weight_mask[i], weights[i].sizes()));
-    if (weight_mask[i]) lowest_layer = std::min(lowest_layer, i);
-  }
-  for (size_t i = 0; i < bias_mask.size(); ++i) {
-    grad_biases.push_back(param_grad(bias_mask[i], {weights[i].size(0)}));
-    if (bias_mask[i]) lowest_layer = std::min(lowest_layer, static_cast<int>(i));
-  }
+  for (int i = 0; i < layers; ++i) grad_weights.push_back(param_grad(weight_mask[i], weights[i].sizes()));
+  for (size_t i = 0; i < bias_mask.size(); ++i) grad_biases.push_back(param_grad(bias_mask[i], {weights[i].size(0)}));
+  const int lowest_layer = lowest_wanted_layer(input_grad, weight_mask, bias_mask);
   if (M == 0 || lowest_layer == layers) return {grad_input, grad_weights, grad_biases};
 
   const at::Tensor grad_output_c = grad_output.contiguous();
@@ -1017,14 +1044,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>> mlp_bwd
   const std::vector<at::Tensor> weights_c = contiguous_all(weights);
   const std::vector<at::Tensor> activations_c = contiguous_all(activations);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "mlp_bwd_cuda", [&] {
-    MlpBwdArgs<scalar_t> args{};
-    args.net = network_args<scalar_t>(weights_c, input.size(1));
-    args.input = input_c.const_data_ptr<scalar_t>();
-    for (size_t i = 0; i < activations_c.size(); ++i) args.activation[i] = activations_c[i].const_data_ptr<scalar_t>();
-    args.grad_output = grad_output_c.const_data_ptr<scalar_t>();
-    args.grad_input = input_grad ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
-    args.lowest_layer = lowest_layer;
-    args.rows = M;
+    MlpBwdArgs<scalar_t> args = bwd_args<scalar_t>(grad_output_c, input_c, weights_c, activations_c,
+                                                   input_grad ? grad_input : at::Tensor(), lowest_layer);
     dispatch_tile_width(tile_width(input, weights), [&](auto width) {
       launch_mlp_bwd<scalar_t, decltype(width)::value>(args, grad_weights, grad_biases, options);
     });

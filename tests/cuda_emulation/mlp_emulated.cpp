@@ -1,8 +1,8 @@
 // csrc/cuda/mlp.cu's kernels on the CPU (fp32 / fp64 on CUDA cores, fp16 / bf16 through the
-// emulated wmma), launched as the CUDA
-// host side launches them, with its own launch-argument code: tile width, one forward block per
-// tile, a persistent backward grid (its size chosen by the caller here, at most one block per
-// tile) and the fixed-order gradient reduction.
+// emulated wmma), launched as the CUDA host side launches them, with its own launch-argument
+// code: tile width, kernel arguments, one forward block per tile, a persistent backward grid (its
+// size chosen by the caller here, at most one block per tile) and the fixed-order gradient
+// reduction.
 #include "mlp_device.inc"  // csrc/cuda/mlp.cu above its "Host side" divider (written by the test)
 }  // namespace
 }  // namespace fusedmlp
@@ -29,14 +29,7 @@ std::vector<at::Tensor> mlp_fwd(const at::Tensor& input, const std::vector<at::T
   std::vector<at::Tensor> outputs;
   for (const at::Tensor& w : weights) outputs.push_back(at::empty({input.size(0), w.size(0)}, input.options()));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "mlp_fwd_emulated", [&] {
-    MlpFwdArgs<scalar_t> args{};
-    args.net = network_args<scalar_t>(weights, input.size(1));
-    for (size_t i = 0; i < weights.size(); ++i) {
-      args.bias[i] = biases.empty() ? nullptr : biases[i].const_data_ptr<scalar_t>();
-      args.out[i] = outputs[i].mutable_data_ptr<scalar_t>();
-    }
-    args.input = input.const_data_ptr<scalar_t>();
-    args.rows = input.size(0);
+    const MlpFwdArgs<scalar_t> args = fwd_args<scalar_t>(input, weights, biases, outputs);
     dispatch_tile_width(tile_width(input, weights), [&](auto width) {
       constexpr int W = decltype(width)::value;
       using Tile = MlpTile<scalar_t, W>;
@@ -54,29 +47,20 @@ std::vector<at::Tensor> mlp_bwd(const at::Tensor& grad_output, const at::Tensor&
                                 bool input_grad, const std::vector<bool>& weight_mask,
                                 const std::vector<bool>& bias_mask, int64_t blocks) {
   check_inputs(input, weights);
-  const int layers = static_cast<int>(weights.size());
   const auto options = input.options();
   std::vector<at::Tensor> grad_weights, grad_biases;
-  int lowest_layer = input_grad ? 0 : layers;
-  for (int i = 0; i < layers; ++i) {
+  for (size_t i = 0; i < weights.size(); ++i) {
     grad_weights.push_back(weight_mask[i] ? at::empty_like(weights[i]) : at::empty({0}, options));
-    if (weight_mask[i]) lowest_layer = std::min(lowest_layer, i);
   }
   for (size_t i = 0; i < bias_mask.size(); ++i) {
     grad_biases.push_back(bias_mask[i] ? at::empty({weights[i].size(0)}, options) : at::empty({0}, options));
-    if (bias_mask[i]) lowest_layer = std::min(lowest_layer, static_cast<int>(i));
   }
   const at::Tensor grad_input = input_grad ? at::empty_like(input) : at::empty({0}, options);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "mlp_bwd_emulated", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    MlpBwdArgs<scalar_t> args{};
-    args.net = network_args<scalar_t>(weights, input.size(1));
-    args.input = input.const_data_ptr<scalar_t>();
-    for (size_t i = 0; i < activations.size(); ++i) args.activation[i] = activations[i].const_data_ptr<scalar_t>();
-    args.grad_output = grad_output.const_data_ptr<scalar_t>();
-    args.grad_input = input_grad ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
-    args.lowest_layer = lowest_layer;
-    args.rows = input.size(0);
+    MlpBwdArgs<scalar_t> args = bwd_args<scalar_t>(grad_output, input, weights, activations,
+                                                   input_grad ? grad_input : at::Tensor(),
+                                                   lowest_wanted_layer(input_grad, weight_mask, bias_mask));
     dispatch_tile_width(tile_width(input, weights), [&](auto width) {
       constexpr int W = decltype(width)::value;
       using Tile = MlpTile<scalar_t, W>;
