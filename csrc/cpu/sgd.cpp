@@ -42,9 +42,7 @@ template <typename scalar_t, bool kWeightDecay, MomentumMode kMomentum, bool kNe
 C10_ALWAYS_INLINE void sgd_loop(scalar_t* __restrict__ param, const scalar_t* __restrict__ grad,
                                 scalar_t* __restrict__ buf, int64_t n, bool maximize, const SgdScalars& s) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const SgdCoeffs<opmath_t> c{static_cast<opmath_t>(s.weight_decay), static_cast<opmath_t>(s.momentum),
-                              static_cast<opmath_t>(1.0 - s.dampening), static_cast<opmath_t>(-s.lr),
-                              opmath_t(-1)};
+  const auto c = SgdCoeffs<opmath_t>::from(s.weight_decay, s.momentum, s.dampening, s.lr);
   constexpr SgdFlags flags{kWeightDecay, kMomentum != MomentumMode::kNone, kNesterov, /*maximize=*/false,
                            kMomentum == MomentumMode::kFirstStep};
   const opmath_t sign = maximize ? opmath_t(-1) : opmath_t(1);

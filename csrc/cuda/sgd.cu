@@ -145,6 +145,34 @@ std::vector<int64_t> sgd_table(const std::vector<at::Tensor>& params, const std:
   return entries;
 }
 
+// The optional scalar arguments in the types the kernel reads them (lr as float64, the others
+// as float32), alive as long as this is.
+struct SgdScalarTensors {
+  at::Tensor lr, grad_scale, found_inf, first_step_skipped;
+
+  SgdScalarTensors(const std::optional<at::Tensor>& lr_tensor, const std::optional<at::Tensor>& grad_scale_tensor,
+                   const std::optional<at::Tensor>& found_inf_tensor,
+                   const std::optional<at::Tensor>& first_step_skipped_tensor)
+      : lr(as(lr_tensor, at::kDouble)),
+        grad_scale(as(grad_scale_tensor, at::kFloat)),
+        found_inf(as(found_inf_tensor, at::kFloat)),
+        first_step_skipped(as(first_step_skipped_tensor, at::kFloat)) {}
+
+  SgdDeviceScalars pointers() const {
+    return {pointer<double>(lr), pointer<float>(grad_scale), pointer<float>(found_inf),
+            pointer<float>(first_step_skipped)};
+  }
+
+ private:
+  static at::Tensor as(const std::optional<at::Tensor>& t, at::ScalarType dtype) {
+    return t.has_value() ? t->to(dtype).reshape({}) : at::Tensor();
+  }
+  template <typename T>
+  static const T* pointer(const at::Tensor& t) {
+    return t.defined() ? t.const_data_ptr<T>() : nullptr;
+  }
+};
+
 // ---------------------------------------------------------------------------
 // Host side
 // ---------------------------------------------------------------------------
@@ -180,19 +208,8 @@ void fused_sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
   const std::vector<int64_t> entries = sgd_table(work_params, work_grads, has_momentum ? work_bufs : work_params);
   const int64_t num_blocks = entries[5 * count];
   if (num_blocks > 0) {
-    // Scalars read on the device, in the types the kernel reads them.
-    const at::Tensor lr_device = lr_tensor.has_value() ? lr_tensor->to(at::kDouble).reshape({}) : at::Tensor();
-    auto as_float = [](const std::optional<at::Tensor>& t) {
-      return t.has_value() ? t->to(at::kFloat).reshape({}) : at::Tensor();
-    };
-    const at::Tensor grad_scale_f = as_float(grad_scale), found_inf_f = as_float(found_inf),
-                     first_step_skipped_f = as_float(first_step_skipped);
-    const SgdDeviceScalars scalars{
-        lr_device.defined() ? lr_device.const_data_ptr<double>() : nullptr,
-        grad_scale_f.defined() ? grad_scale_f.const_data_ptr<float>() : nullptr,
-        found_inf_f.defined() ? found_inf_f.const_data_ptr<float>() : nullptr,
-        first_step_skipped_f.defined() ? first_step_skipped_f.const_data_ptr<float>() : nullptr,
-    };
+    const SgdScalarTensors scalar_tensors(lr_tensor, grad_scale, found_inf, first_step_skipped);
+    const SgdDeviceScalars scalars = scalar_tensors.pointers();
     const SgdFlags flags{weight_decay != 0.0, has_momentum, nesterov, maximize, is_first_step};
     at::Tensor device_entries;  // the large-group table, alive until the launch is queued
     if (count > kInlineTensors) {
@@ -204,10 +221,7 @@ void fused_sgd_cuda(at::TensorList params, at::TensorList grads, at::TensorList 
       device_entries = host_entries.to(params[0].device(), /*non_blocking=*/true);
     }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_sgd_cuda", [&] {
-      using opmath_t = at::opmath_type<scalar_t>;
-      const SgdCoeffs<opmath_t> coeffs{static_cast<opmath_t>(weight_decay), static_cast<opmath_t>(momentum),
-                                       static_cast<opmath_t>(1.0 - dampening), static_cast<opmath_t>(-lr),
-                                       opmath_t(-1)};
+      const auto coeffs = SgdCoeffs<at::opmath_type<scalar_t>>::from(weight_decay, momentum, dampening, lr);
       if (count <= kInlineTensors) {
         InlineTable table{};
         std::copy(entries.begin(), entries.end(), table.entries);

@@ -28,21 +28,10 @@ void fused_sgd_(const std::vector<at::Tensor>& params, const std::vector<at::Ten
   const auto blocks = static_cast<unsigned>(entries[5 * count]);
   if (blocks == 0) return;
   const SgdFlags flags{weight_decay != 0.0, has_momentum, nesterov, maximize, is_first_step};
-  // The device-side scalars in the types the kernel reads (float64 lr, float32 others).
-  const at::Tensor lr_double = lr_tensor.has_value() ? lr_tensor->to(at::kDouble) : at::Tensor();
-  const at::Tensor scale_float = grad_scale.has_value() ? grad_scale->to(at::kFloat) : at::Tensor();
-  const at::Tensor inf_float = found_inf.has_value() ? found_inf->to(at::kFloat) : at::Tensor();
-  const SgdDeviceScalars scalars{
-      lr_double.defined() ? lr_double.const_data_ptr<double>() : nullptr,
-      scale_float.defined() ? scale_float.const_data_ptr<float>() : nullptr,
-      inf_float.defined() ? inf_float.const_data_ptr<float>() : nullptr,
-      nullptr,
-  };
+  const SgdScalarTensors scalar_tensors(lr_tensor, grad_scale, found_inf, std::nullopt);
+  const SgdDeviceScalars scalars = scalar_tensors.pointers();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, params[0].scalar_type(), "fused_sgd_emulated", [&] {
-    using opmath_t = at::opmath_type<scalar_t>;
-    const SgdCoeffs<opmath_t> coeffs{static_cast<opmath_t>(weight_decay), static_cast<opmath_t>(momentum),
-                                     static_cast<opmath_t>(1.0 - dampening), static_cast<opmath_t>(-lr),
-                                     opmath_t(-1)};
+    const auto coeffs = SgdCoeffs<at::opmath_type<scalar_t>>::from(weight_decay, momentum, dampening, lr);
     if (inline_table) {
       InlineTable table{};
       std::copy(entries.begin(), entries.end(), table.entries);

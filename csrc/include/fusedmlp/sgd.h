@@ -17,6 +17,12 @@ struct SgdCoeffs {
   T one_minus_dampening;
   T neg_lr;
   T minus_one;
+
+  // From torch.optim.SGD's hyperparameters.
+  static SgdCoeffs from(double weight_decay, double momentum, double dampening, double lr) {
+    return {static_cast<T>(weight_decay), static_cast<T>(momentum), static_cast<T>(1.0 - dampening),
+            static_cast<T>(-lr), T(-1)};
+  }
 };
 
 struct SgdFlags {
