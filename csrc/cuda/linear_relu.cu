@@ -556,11 +556,11 @@ void launch_linear_relu_gemm(const OperandA& a, const OperandB& b, const scalar_
   using acc_t = at::opmath_type<scalar_t>;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   // wmma bf16 needs sm_80; fp16 is kept on the same path for one code path to test.
-  const bool tensor_cores = kIsReducedFloat<scalar_t> && at::cuda::getCurrentDeviceProperties()->major >= 8;
+  const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
+  const bool tensor_cores = kIsReducedFloat<scalar_t> && props->major >= 8;
   const int64_t tiles = ceil_div(M, kGemmTileM) * ceil_div(N, kGemmTileN);
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const int64_t k_split =
-      split_k_length(tiles, K, tensor_cores ? TensorCoreConfig::kBlockK : SimtConfig::kBlockK, sms);
+  const int64_t k_split = split_k_length(tiles, K, tensor_cores ? TensorCoreConfig::kBlockK : SimtConfig::kBlockK,
+                                         props->multiProcessorCount);
   if (k_split >= K) {
     launch_gemm_blocks<scalar_t>(tensor_cores, a, b, bias, bias_stride, relu, out, M, N, K, K, 1, stream);
     return;
