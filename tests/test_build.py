@@ -207,18 +207,20 @@ def _cuobjdump() -> str | None:
     return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
 
 
-def _cuobjdump_by_arch_and_function(option: str) -> dict[str, dict[str, str]]:
+def _cuobjdump_by_arch_and_function(option: str, binary: str | None = None) -> dict[str, dict[str, str]]:
     """{"sm_80": {mangled kernel name: its part of `cuobjdump <option>`}, ...} for every kernel in
-    fusedmlp._C (-sass: its SASS; -res-usage: its resource line); skips the test without CUDA
-    kernels or a cuobjdump."""
+    `binary` (default: fusedmlp._C; -sass: its SASS; -res-usage: its resource line); skips the
+    test without CUDA kernels or a cuobjdump."""
     if not _backend.HAS_CUDA_KERNELS:
         pytest.skip("fusedmlp._C was built without CUDA kernels")
     tool = _cuobjdump()
     if tool is None:
         pytest.skip("no cuobjdump (CUDA toolkit or Triton's copy) to read the CUDA kernels")
-    from fusedmlp import _C
+    if binary is None:
+        from fusedmlp import _C
 
-    result = subprocess.run([tool, option, _C.__file__], capture_output=True, text=True, timeout=600)
+        binary = _C.__file__
+    result = subprocess.run([tool, option, binary], capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     kernels: dict[str, dict[str, str]] = {}
     arch = function = None
@@ -278,15 +280,19 @@ def test_fp32_mlp_kernels_keep_their_measured_occupancy():
     run shows it slower. Registers are allocated per warp in units of 256 (8 per thread)."""
     usage_by_arch = _cuobjdump_by_arch_and_function("-res-usage")
     for arch in ("sm_80", "sm_90"):
-        for name, blocks in FP32_MLP_RESIDENT_BLOCKS.items():
-            budget = 65536 // (blocks * 128) // 8 * 8
-            for width in (16, 32, 64):
-                usage = _mlp_kernel(usage_by_arch[arch], name, "f", width)
-                registers = int(re.search(r"REG:(\d+)", usage).group(1))
-                assert registers <= budget, (
-                    f"{arch} {name}<float, {width}> uses {registers} registers: more than {budget}, "
-                    f"so fewer than {blocks} blocks fit an SM"
-                )
+        _assert_fp32_mlp_kernels_fit_their_occupancy(usage_by_arch[arch], arch)
+
+
+def _assert_fp32_mlp_kernels_fit_their_occupancy(usage: dict[str, str], label: str) -> None:
+    """`usage`: one architecture's `cuobjdump -res-usage` lines by kernel."""
+    for name, blocks in FP32_MLP_RESIDENT_BLOCKS.items():
+        budget = 65536 // (blocks * 128) // 8 * 8
+        for width in (16, 32, 64):
+            registers = int(re.search(r"REG:(\d+)", _mlp_kernel(usage, name, "f", width)).group(1))
+            assert registers <= budget, (
+                f"{label} {name}<float, {width}> uses {registers} registers: more than {budget}, "
+                f"so fewer than {blocks} blocks fit an SM"
+            )
 
 
 def _ninja_variable(build_ninja: str, name: str) -> list[str]:
@@ -305,9 +311,6 @@ def test_mlp_vector_loads_variant_compiles_at_the_measured_occupancy(tmp_path):
     build_ninja = os.path.join(ROOT, "build", "temp", "build.ninja")
     if not _backend.HAS_CUDA_KERNELS or not os.path.exists(build_ninja):
         pytest.skip("needs this checkout's CUDA build (build/temp/build.ninja)")
-    tool = _cuobjdump()
-    if tool is None:
-        pytest.skip("no cuobjdump (CUDA toolkit or Triton's copy) to read the CUDA kernels")
     flags = _ninja_variable(build_ninja, "cuda_cflags") + [
         f
         for f in _ninja_variable(build_ninja, "cuda_post_cflags")
@@ -322,14 +325,8 @@ def test_mlp_vector_loads_variant_compiles_at_the_measured_occupancy(tmp_path):
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    usage = subprocess.run([tool, "-res-usage", obj], capture_output=True, text=True, timeout=300).stdout
-    registers = dict(re.findall(r"Function (\S+):\s*\n\s*REG:(\d+)", usage))
-    for name, blocks in FP32_MLP_RESIDENT_BLOCKS.items():
-        budget = 65536 // (blocks * 128) // 8 * 8
-        for width in (16, 32, 64):
-            pattern = re.compile(rf"{name}IfLi{width}E")
-            (count,) = [int(r) for function, r in registers.items() if pattern.search(function)]
-            assert count <= budget, f"vector loads: {name}<float, {width}> uses {count} registers, more than {budget}"
+    usage = _cuobjdump_by_arch_and_function("-res-usage", obj)["sm_90"]
+    _assert_fp32_mlp_kernels_fit_their_occupancy(usage, "vector loads, sm_90")
 
 
 @pytest.mark.slow
