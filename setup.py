@@ -3,8 +3,9 @@
 FUSEDMLP_BUILD_CUDA=auto (default) builds the CUDA kernels when nvcc and a CUDA build of
 torch are present, 0 never does, 1 requires them and stops with a clear error otherwise.
 TORCH_CUDA_ARCH_LIST is respected; the default is sm_80 and sm_90 plus PTX for sm_90.
-FUSEDMLP_MLP_VECTOR_LOADS=1 builds the CUDA fused MLP's fp32/fp64 products with 16-byte shared
-loads, an experiment measured beside the default build by bench/gpu_check.sh (csrc/cuda/mlp.cu).
+Two experiments in the CUDA fused MLP (csrc/cuda/mlp.cu), each measured beside the default build
+by bench/gpu_check.sh: FUSEDMLP_MLP_VECTOR_LOADS=1 builds its fp32/fp64 products with 16-byte
+shared loads, FUSEDMLP_MLP_TF32X3=1 its fp32 products on tensor cores as three TF32 products.
 Build with `pip install --no-build-isolation -e .` so the extension compiles against the
 torch that is installed (build isolation would fetch a different one).
 """
@@ -131,10 +132,11 @@ def _extensions():
         ]
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
     nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo", PTXAS_FLAGS]
-    vector_loads = os.environ.get("FUSEDMLP_MLP_VECTOR_LOADS", "0")
-    if vector_loads not in ("0", "1"):
-        _fail(f"FUSEDMLP_MLP_VECTOR_LOADS must be 0 or 1, got {vector_loads!r}")
-    nvcc_flags.append(f"-DFUSEDMLP_MLP_VECTOR_LOADS={vector_loads}")
+    for option in ("FUSEDMLP_MLP_VECTOR_LOADS", "FUSEDMLP_MLP_TF32X3"):
+        value = os.environ.get(option, "0")
+        if value not in ("0", "1"):
+            _fail(f"{option} must be 0 or 1, got {value!r}")
+        nvcc_flags.append(f"-D{option}={value}")
     return [
         CUDAExtension(
             "fusedmlp._C",

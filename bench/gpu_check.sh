@@ -5,7 +5,7 @@
 # small case when available), measures the copy-bandwidth and cuBLAS-GEMM ceilings, runs the
 # benchmark, and writes everything (logs, reports, results) to $OUT.
 #
-# Stages (build tests sanitize ceilings ce_probe ce_ncu mlp_probe mlp_vector_loads triton_tiles
+# Stages (build tests sanitize ceilings ce_probe ce_ncu mlp_probe mlp_vector_loads mlp_tf32x3 triton_tiles
 # mlp_ncu host_probe bench) run in the order given (default: all but the probes and ncu stages),
 # e.g. for one call of under 10 minutes, numbers first:
 #   OUT=o DEADLINE=540 bash bench/gpu_check.sh build ceilings bench tests sanitize
@@ -118,30 +118,38 @@ stage_mlp_probe() {
   cat "$OUT/mlp_probe.json" >> "$OUT/summary.txt"
 }
 
-stage_mlp_vector_loads() {
-  # The CUDA MLP's experimental 16-byte shared loads (setup.py's FUSEDMLP_MLP_VECTOR_LOADS=1)
-  # built in a copy of this tree beside the default build, checked by the CUDA MLP GPU tests and
-  # timed by the MLP probe in this same call: mlp_probe_vector_loads.json against
-  # mlp_probe.json (run the mlp_probe stage too), side by side.
-  local copy=/tmp/fusedmlp_vector_loads
-  step "CUDA MLP with 16-byte shared loads: build a copy, its MLP GPU tests, the MLP probe"
+mlp_build_option() {
+  # An experimental build of the CUDA MLP (setup.py's option $1=1, named $2) built in a copy of
+  # this tree beside the default build, checked by the CUDA MLP GPU tests and timed by the MLP
+  # probe in this same call: mlp_probe_$2.json against mlp_probe.json (run the mlp_probe stage
+  # too), side by side.
+  local option=$1 name=$2 copy=/tmp/fusedmlp_$2
+  step "CUDA MLP built with $option=1 ($3): build a copy, its MLP GPU tests, the MLP probe"
   rm -rf "$copy" && mkdir -p "$copy" && cp -r csrc fusedmlp triton_kernels tests bench setup.py pyproject.toml "$copy"/
   rm -f "$copy"/fusedmlp/_C*.so
   ln -s ../triton_kernels "$copy/fusedmlp/triton_kernels"  # what the install's package_dir maps
-  if ! ( cd "$copy" && FUSEDMLP_BUILD_CUDA=1 FUSEDMLP_MLP_VECTOR_LOADS=1 TORCH_CUDA_ARCH_LIST=9.0 \
-      MAX_JOBS=${MAX_JOBS:-16} timeout "$(limit 300)" $PY setup.py build_ext --inplace ) > "$OUT/vector_loads_build.log" 2>&1; then
-    step "vector loads: BUILD FAILED (see vector_loads_build.log)"; return
+  if ! ( cd "$copy" && env FUSEDMLP_BUILD_CUDA=1 "$option=1" TORCH_CUDA_ARCH_LIST=9.0 \
+      MAX_JOBS=${MAX_JOBS:-16} timeout "$(limit 300)" $PY setup.py build_ext --inplace ) > "$OUT/${name}_build.log" 2>&1; then
+    step "$name: BUILD FAILED (see ${name}_build.log)"; return
   fi
-  ( cd "$copy" && PYTHONPATH="$copy" $PY -c "from fusedmlp import _C; print('vector loads: testing', _C.__file__)" ) 2>&1 |
+  ( cd "$copy" && PYTHONPATH="$copy" $PY -c "from fusedmlp import _C; print('$name: testing', _C.__file__)" ) 2>&1 |
     tee -a "$OUT/summary.txt"
   local parallel=()
   $PY -c "import xdist" 2> /dev/null && parallel=(-n "${TEST_WORKERS:-8}")
   ( cd "$copy" && PYTHONPATH="$copy" timeout "$(limit 240)" $PY -m pytest tests/test_cuda_mlp.py -m gpu -q -p no:cacheprovider \
-      "${parallel[@]}" ) > "$OUT/vector_loads_tests.log" 2>&1
-  echo "vector loads: MLP GPU tests exit $?" | tee -a "$OUT/summary.txt"; tail -2 "$OUT/vector_loads_tests.log" | tee -a "$OUT/summary.txt"
+      "${parallel[@]}" ) > "$OUT/${name}_tests.log" 2>&1
+  echo "$name: MLP GPU tests exit $?" | tee -a "$OUT/summary.txt"; tail -2 "$OUT/${name}_tests.log" | tee -a "$OUT/summary.txt"
   ( cd "$copy" && PYTHONPATH="$copy" timeout "$(limit 120)" $PY bench/gpu_mlp_probe.py ) \
-    > "$OUT/mlp_probe_vector_loads.json" 2>> "$OUT/summary.txt"
-  cat "$OUT/mlp_probe_vector_loads.json" >> "$OUT/summary.txt"
+    > "$OUT/mlp_probe_$name.json" 2>> "$OUT/summary.txt"
+  cat "$OUT/mlp_probe_$name.json" >> "$OUT/summary.txt"
+}
+
+stage_mlp_vector_loads() {
+  mlp_build_option FUSEDMLP_MLP_VECTOR_LOADS vector_loads "16-byte shared loads in the fp32 / fp64 products"
+}
+
+stage_mlp_tf32x3() {
+  mlp_build_option FUSEDMLP_MLP_TF32X3 tf32x3 "fp32 products on tensor cores as 3xTF32"
 }
 
 stage_triton_tiles() {
@@ -183,9 +191,9 @@ step "environment"
 
 for stage in $STAGES; do
   case $stage in
-    build | tests | sanitize | ceilings | ce_probe | ce_ncu | mlp_probe | mlp_vector_loads | triton_tiles | mlp_ncu | host_probe | bench)
+    build | tests | sanitize | ceilings | ce_probe | ce_ncu | mlp_probe | mlp_vector_loads | mlp_tf32x3 | triton_tiles | mlp_ncu | host_probe | bench)
       enough_time "$stage" && "stage_$stage" ;;
-    *) step "unknown stage $stage (build tests sanitize ceilings ce_probe ce_ncu mlp_probe mlp_vector_loads triton_tiles mlp_ncu host_probe bench)"
+    *) step "unknown stage $stage (build tests sanitize ceilings ce_probe ce_ncu mlp_probe mlp_vector_loads mlp_tf32x3 triton_tiles mlp_ncu host_probe bench)"
        exit 2 ;;
   esac
 done

@@ -302,22 +302,30 @@ def _ninja_variable(build_ninja: str, name: str) -> list[str]:
     return shlex.split(match.group(1)) if match else []
 
 
+# setup.py's experimental builds of csrc/cuda/mlp.cu, which the GPU kit builds beside the default
+# to time them (bench/gpu_check.sh): the option, and what its fp32 kernels must multiply with.
+MLP_BUILD_OPTIONS = {
+    "FUSEDMLP_MLP_VECTOR_LOADS": "FFMA",  # 16-byte shared loads, fp32 FMAs
+    "FUSEDMLP_MLP_TF32X3": "HMMA.1688.F32.TF32",  # fp32 as 3xTF32 on tensor cores (mma.sync m16n8k8)
+}
+
+
 @pytest.mark.slow
-def test_mlp_vector_loads_variant_compiles_at_the_measured_occupancy(tmp_path):
-    """The experimental build of csrc/cuda/mlp.cu (setup.py's FUSEDMLP_MLP_VECTOR_LOADS=1, which
-    the GPU kit builds beside the default to time it) compiles for sm_90 without spills, and its
-    fp32 kernels fit the registers of the default's occupancy; compiled here with the flags of
-    this checkout's own build (build/temp/build.ninja)."""
+@pytest.mark.parametrize("option", list(MLP_BUILD_OPTIONS))
+def test_mlp_build_option_compiles_at_the_measured_occupancy(tmp_path, option):
+    """An experimental build of csrc/cuda/mlp.cu compiles for sm_90 without spills, its fp32
+    kernels multiply as the option says, and they fit the registers of the default's occupancy;
+    compiled here with the flags of this checkout's own build (build/temp/build.ninja)."""
     build_ninja = os.path.join(ROOT, "build", "temp", "build.ninja")
     if not _backend.HAS_CUDA_KERNELS or not os.path.exists(build_ninja):
         pytest.skip("needs this checkout's CUDA build (build/temp/build.ninja)")
     flags = _ninja_variable(build_ninja, "cuda_cflags") + [
         f
         for f in _ninja_variable(build_ninja, "cuda_post_cflags")
-        if not f.startswith(("-gencode", "-DFUSEDMLP_MLP_VECTOR_LOADS"))
+        if not f.startswith(("-gencode", *(f"-D{o}" for o in MLP_BUILD_OPTIONS)))
     ]
     obj = str(tmp_path / "mlp.o")
-    command = ["nvcc", *flags, "-gencode=arch=compute_90,code=sm_90", "-DFUSEDMLP_MLP_VECTOR_LOADS=1"]
+    command = ["nvcc", *flags, "-gencode=arch=compute_90,code=sm_90", f"-D{option}=1"]
     result = subprocess.run(
         [*command, "-c", os.path.join(ROOT, "csrc", "cuda", "mlp.cu"), "-o", obj],
         capture_output=True,
@@ -325,8 +333,12 @@ def test_mlp_vector_loads_variant_compiles_at_the_measured_occupancy(tmp_path):
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    sass = _cuobjdump_by_arch_and_function("-sass", obj)["sm_90"]
+    for name in FP32_MLP_RESIDENT_BLOCKS:
+        for width in (16, 32, 64, 128):
+            assert MLP_BUILD_OPTIONS[option] in _mlp_kernel(sass, name, "f", width), f"{option}: {name}<float, {width}>"
     usage = _cuobjdump_by_arch_and_function("-res-usage", obj)["sm_90"]
-    _assert_fp32_mlp_kernels_fit_their_occupancy(usage, "vector loads, sm_90")
+    _assert_fp32_mlp_kernels_fit_their_occupancy(usage, f"{option}, sm_90")
 
 
 @pytest.mark.slow

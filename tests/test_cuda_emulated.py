@@ -91,10 +91,14 @@ def _device_part(cu_file: str) -> str:
     return text + "\n"
 
 
-def build_emulated(generated_dir, build_dir, vector_loads: bool = False):
+# The experimental builds of mlp.cu (setup.py's options), each with the -D flag setup.py passes.
+MLP_BUILD_OPTIONS = {"vector_loads": "FUSEDMLP_MLP_VECTOR_LOADS", "tf32x3": "FUSEDMLP_MLP_TF32X3"}
+
+
+def build_emulated(generated_dir, build_dir, variant: str = "default"):
     """The emulated kernels as a Python module (about 30 s of g++), or None without the CUDA
-    toolkit's headers; `vector_loads`: mlp.cu as setup.py builds it with
-    FUSEDMLP_MLP_VECTOR_LOADS=1."""
+    toolkit's headers; `variant`: "default", or a key of MLP_BUILD_OPTIONS for mlp.cu as setup.py
+    builds it with that option set to 1."""
     toolkit = _nvcc_include_dirs()
     if not toolkit:
         return None
@@ -106,39 +110,40 @@ def build_emulated(generated_dir, build_dir, vector_loads: bool = False):
             f.write(_device_part(cu_file))
     sources = [os.path.join(HARNESS, f.replace(".cu", "_emulated.cpp")) for f in EMULATED_FILES]
     sources.append(os.path.join(HARNESS, "bindings.cpp"))
+    options = [f"-D{flag}={int(key == variant)}" for key, flag in MLP_BUILD_OPTIONS.items()]
     return load(
-        name="fusedmlp_cuda_emulated" + ("_vector_loads" if vector_loads else ""),
+        name="fusedmlp_cuda_emulated" + ("" if variant == "default" else f"_{variant}"),
         sources=sources,
         extra_include_paths=[str(generated_dir), HARNESS, os.path.join(ROOT, "csrc", "include")]
         + toolkit
         + _nvidia_wheel_include_dirs(),
-        extra_cflags=["-O2", "-std=c++20", "-Wno-attributes", f"-DFUSEDMLP_MLP_VECTOR_LOADS={int(vector_loads)}"],
+        extra_cflags=["-O2", "-std=c++20", "-Wno-attributes", *options],
         build_directory=str(build_dir),
         verbose=False,
     )
 
 
-_MODULES: dict[bool, object] = {}
+_MODULES: dict[str, object] = {}
 
 
-def _emulated_module(tmp_path_factory, vector_loads: bool):
-    if vector_loads not in _MODULES:
-        _MODULES[vector_loads] = build_emulated(
-            tmp_path_factory.mktemp("cuda_emulation"), tmp_path_factory.mktemp("cuda_emulation_build"), vector_loads
+def _emulated_module(tmp_path_factory, variant: str):
+    if variant not in _MODULES:
+        _MODULES[variant] = build_emulated(
+            tmp_path_factory.mktemp("cuda_emulation"), tmp_path_factory.mktemp("cuda_emulation_build"), variant
         )
-    if _MODULES[vector_loads] is None:
+    if _MODULES[variant] is None:
         pytest.skip("needs the CUDA toolkit's headers (nvcc on PATH)")
-    return _MODULES[vector_loads]
+    return _MODULES[variant]
 
 
 @pytest.fixture(scope="module")
 def emulated(tmp_path_factory):
-    return _emulated_module(tmp_path_factory, vector_loads=False)
+    return _emulated_module(tmp_path_factory, "default")
 
 
-# The MLP kernels as built by default, and with the experimental 16-byte shared loads
-# (setup.py's FUSEDMLP_MLP_VECTOR_LOADS=1), which must compute the same.
-@pytest.fixture(scope="module", params=[False, True], ids=["default", "vector_loads"])
+# The MLP kernels as built by default and in each experimental build: with 16-byte shared loads
+# (same bits), and with fp32 on tensor cores as 3xTF32 (fp32's accuracy, other bits).
+@pytest.fixture(scope="module", params=["default", *MLP_BUILD_OPTIONS])
 def emulated_mlp(request, tmp_path_factory):
     return _emulated_module(tmp_path_factory, request.param)
 
@@ -227,7 +232,8 @@ def _check_mlp_against_sequential(module, widths, rows, dtype, bias):
 @pytest.mark.parametrize("widths,rows", NETWORKS)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
 def test_mlp_kernels_match_sequential(emulated_mlp, widths, rows, dtype, bias):
-    """The CUDA-core kernels (fp32, fp64), in both builds."""
+    """The CUDA-core kernels (fp32, fp64) in every build; the tf32x3 build's fp32 on tensor
+    cores, 16x16x8 TF32 fragments, each operand split in two."""
     _check_mlp_against_sequential(emulated_mlp, widths, rows, dtype, bias)
 
 
@@ -307,6 +313,21 @@ def test_mlp_relu_mask_follows_threshold_backward(emulated_mlp):
     grad_hidden = hidden.grad
     assert (grad_hidden[torch.arange(64) != 5, 0] == 0).all()  # row 5's unit 0 is 0 * NaN
     torch.testing.assert_close(grads[0], grad_hidden @ weights[0], equal_nan=True)
+
+
+def test_mlp_inf_input_stays_in_its_row(emulated_mlp):
+    """An inf in one row's input gives torch's pattern of infs and NaNs in that row (an inf times
+    a padded zero weight never reaches a real column), and finite values everywhere else; in the
+    tf32x3 build too, whose operand split keeps an inf whole."""
+    widths = (30, 30, 20, 2)
+    weights, biases = _network(widths, torch.float32, bias=True)
+    x = torch.randn(40, widths[0], generator=torch.Generator().manual_seed(9))
+    x[3, 7] = float("inf")
+    outputs = emulated_mlp.mlp_fwd(x, weights, biases)
+    for ours, ref in zip(outputs, _sequential(x, weights, biases)):
+        torch.testing.assert_close(ours, ref, equal_nan=True, rtol=1e-5, atol=1e-5)
+    assert not torch.isfinite(outputs[0][3]).all()
+    assert torch.isfinite(outputs[-1][torch.arange(40) != 3]).all()
 
 
 # ---------------------------------------------------------------------------------------

@@ -12,9 +12,10 @@
 // cores a layer narrower than W computes only the part of the tile it needs (round_up4 below).
 //
 // Products: fp16 / bf16 on tensor cores through nvcuda::wmma (16x16x16, fp32 accumulators);
-// fp32 on CUDA cores with fp32 FMAs (no TF32, like torch's default fp32 matmul); fp64 on CUDA
-// cores in fp64. Every layer's result is rounded to the input dtype before it feeds the next
-// layer, as nn.Sequential does.
+// fp32 on CUDA cores with fp32 FMAs (no TF32, like torch's default fp32 matmul), or, in the
+// experimental build FUSEDMLP_MLP_TF32X3=1, on tensor cores as three TF32 products (below);
+// fp64 on CUDA cores in fp64. Every layer's result is rounded to the input dtype before it
+// feeds the next layer, as nn.Sequential does.
 //
 // Tiles: 128 threads (4 warps) per block; kRows batch rows per tile: 128 (fp16 / bf16, W <= 64),
 // 64 (fp16 / bf16, W = 128; fp32), 32 (fp64).
@@ -73,6 +74,27 @@ constexpr int kWarps = kThreads / 32;
 #define FUSEDMLP_MLP_VECTOR_LOADS 0
 #endif
 constexpr bool kSimtVectorLoads = FUSEDMLP_MLP_VECTOR_LOADS != 0;
+// fp32 products on tensor cores as 3xTF32, built when setup.py is run with
+// FUSEDMLP_MLP_TF32X3=1: an experiment until the H200 measures it (bench/gpu_check.sh, stage
+// mlp_tf32x3). Why: at 64x4 on 2^20 rows the step's 103 GFLOP take 1.54 ms even at the H200's
+// fp32 FMA peak (~67 TFLOP/s), so CUDA cores cap the step at 4.8x eager; TF32 tensor cores
+// run 8x that peak, three products per multiply 2.7x. Each fp32 operand x is split into
+// big = x truncated to TF32 (10 mantissa bits; truncation cannot overflow) and small =
+// TF32(x - big) (x - big is exact in fp32), and a * b = a.big * b.small + a.small * b.big +
+// a.big * b.big, dropping a.small * b.small: every product keeps about 21 of fp32's 24 bits
+// and is summed in fp32, an error of the order of an fp32 dot product's over these lengths
+// (the technique of CUTLASS's 3xTF32 GEMMs). Counted in the sm_90 SASS at W = 64: the forward's
+// and the input gradient's inner loops issue 92 instructions per 8192 multiply-adds of a warp
+// (24 HMMA; the weights split once per tile and layer), the weight gradient's 174 (both of its
+// operands split in the loop), the fp32 FMA loops 184 per 4096. Not the same as fp32 in one
+// case: an inf operand whose partner's small part is exactly zero (a partner that is a TF32
+// value, e.g. 0.5) gives NaN where fp32 gives inf (inf * 0 in a cross term).
+#ifndef FUSEDMLP_MLP_TF32X3
+#define FUSEDMLP_MLP_TF32X3 0
+#endif
+constexpr bool kFp32TensorCores = FUSEDMLP_MLP_TF32X3 != 0;
+template <typename scalar_t>
+constexpr bool kOnTensorCores = kIsReducedFloat<scalar_t> || (kFp32TensorCores && std::is_same_v<scalar_t, float>);
 // Register budget: ask ptxas for as many resident blocks per SM as shared memory allows on
 // sm_90 (228 KB per SM, 1 KB of it reserved per block), at most `most`: four (at most 128
 // registers per thread), or, with vector loads, five for the CUDA-core forward (96 registers,
@@ -98,13 +120,14 @@ constexpr size_t align_smem(size_t bytes) {
   return (bytes + 127) / 128 * 128;
 }
 
-// Tensor cores (fp16, bf16): warp w owns tile rows [w * kWarpRows, (w + 1) * kWarpRows) for
-// the row-wise products (forward, input gradient). Narrow tiles give each warp two 16-row
-// fragments, so a weight fragment is loaded once per two MMAs; either way a warp holds at
-// most 64 fp32 accumulators per thread.
-template <int W>
+// Tensor cores (fp16, bf16; fp32 as 3xTF32): warp w owns tile rows [w * kWarpRows, (w + 1) *
+// kWarpRows) for the row-wise products (forward, input gradient). Narrow fp16 / bf16 tiles give
+// each warp two 16-row fragments, so a weight fragment is loaded once per two MMAs; either way a
+// warp holds at most 64 fp32 accumulators per thread. fp32 keeps one: its tiles take twice the
+// bytes, and at 64 rows the W = 64 backward's 55 KB still fit four blocks per SM (two at 128).
+template <typename scalar_t, int W>
 struct TensorCoreTile {
-  static constexpr int kRowFrags = W <= 64 ? 2 : 1;
+  static constexpr int kRowFrags = W <= 64 && sizeof(scalar_t) == 2 ? 2 : 1;
   static constexpr int kWarpRows = 16 * kRowFrags;
   static constexpr int kColFrags = W / 16;
   static constexpr int kRows = kWarps * kWarpRows;
@@ -129,12 +152,12 @@ template <typename scalar_t, int W>
 struct MlpTile {
   static_assert(W == 16 || W == 32 || W == 64 || W == 128, "tile width must be 16, 32, 64 or 128");
   using acc_t = at::opmath_type<scalar_t>;
-  static constexpr bool kTensorCores = kIsReducedFloat<scalar_t>;
-  using Layout = std::conditional_t<kTensorCores, TensorCoreTile<W>, SimtTile<scalar_t, W>>;
+  static constexpr bool kTensorCores = kOnTensorCores<scalar_t>;
+  using Layout = std::conditional_t<kTensorCores, TensorCoreTile<scalar_t, W>, SimtTile<scalar_t, W>>;
   static constexpr int kRows = Layout::kRows;
 
   // Row pitch (elements) of every shared tile. Tensor cores: 16 bytes of skew keep ldm a
-  // multiple of 8 and every fragment pointer 32-byte aligned, and shift banks between rows.
+  // multiple of 16 bytes and every fragment pointer 32-byte aligned, and shift banks between rows.
   // CUDA cores: an odd pitch puts the rows a warp reads at one k in different banks; with
   // vector loads, 16 bytes of skew keep rows 16-byte aligned, and the 16 rows a warp loads 16
   // bytes of at once start 4 banks apart (the two wavefronts of 256 bytes).
@@ -144,11 +167,14 @@ struct MlpTile {
   static constexpr bool kWeightsTransposedInBwd = !kTensorCores && kSimtVectorLoads;
 
   static constexpr size_t kTileBytes = align_smem(sizeof(scalar_t) * kRows * kLd);
-  static constexpr size_t kWeightBytes = align_smem(sizeof(scalar_t) * W * kLd);
+  // 3xTF32 keeps the layer's weights split (big, then small: load_weights_3xtf32), once per tile
+  // and layer instead of once per warp and use.
+  static constexpr bool kSplitWeights = kTensorCores && std::is_same_v<scalar_t, float>;
+  static constexpr size_t kWeightBytes = align_smem(sizeof(scalar_t) * W * kLd) * (kSplitWeights ? 2 : 1);
   static constexpr size_t kBiasBytes = align_smem(sizeof(acc_t) * W);
   // Each warp turns one 16x16 fp32 accumulator fragment at a time into dtype values here
-  // (wmma's register layout does not say which element is where).
-  static constexpr size_t kStageBytes = kTensorCores ? sizeof(float) * kWarps * 16 * 16 : 0;
+  // (wmma's register layout does not say which element is where; 3xTF32's mma.sync's does).
+  static constexpr size_t kStageBytes = kIsReducedFloat<scalar_t> ? sizeof(float) * kWarps * 16 * 16 : 0;
   // Forward: activation tile, weights, bias, staging. Backward: gradient tile, the layer's
   // input tile (also the ReLU mask of the layer below), weights (kWeightsTransposedInBwd), staging.
   static constexpr size_t kFwdSmem = kTileBytes + kWeightBytes + kBiasBytes + kStageBytes;
@@ -259,7 +285,7 @@ __device__ __forceinline__ void accumulate_bias_grad(const scalar_t* grad, at::o
 // CUDA cores (fp32, fp64)
 // ---------------------------------------------------------------------------
 
-__device__ __forceinline__ float multiply_add(float a, float b, float c) {
+[[maybe_unused]] __device__ __forceinline__ float multiply_add(float a, float b, float c) {
   return fmaf(a, b, c);
 }
 __device__ __forceinline__ double multiply_add(double a, double b, double c) {
@@ -521,9 +547,9 @@ __device__ __forceinline__ void warp_rows_product(scalar_t* tile, const scalar_t
   namespace wmma = nvcuda::wmma;
   using mma_t = typename CudaReducedFloat<scalar_t>::type;
   constexpr int LD = MlpTile<scalar_t, W>::kLd;
-  constexpr int RF = TensorCoreTile<W>::kRowFrags, CF = TensorCoreTile<W>::kColFrags;
+  constexpr int RF = TensorCoreTile<scalar_t, W>::kRowFrags, CF = TensorCoreTile<scalar_t, W>::kColFrags;
   constexpr bool kBRowMajor = std::is_same_v<BLayout, wmma::row_major>;
-  const int warp_row0 = (threadIdx.x / 32) * TensorCoreTile<W>::kWarpRows;
+  const int warp_row0 = (threadIdx.x / 32) * TensorCoreTile<scalar_t, W>::kWarpRows;
   const auto* a = reinterpret_cast<const mma_t*>(tile);
   const auto* bm = reinterpret_cast<const mma_t*>(b);
 
@@ -568,7 +594,7 @@ template <typename scalar_t, int W>
 __device__ void weight_grad_tensor_core(const scalar_t* grad, const scalar_t* in, float* partial, bool first) {
   namespace wmma = nvcuda::wmma;
   using mma_t = typename CudaReducedFloat<scalar_t>::type;
-  constexpr int LD = MlpTile<scalar_t, W>::kLd, CF = TensorCoreTile<W>::kColFrags;
+  constexpr int LD = MlpTile<scalar_t, W>::kLd, CF = TensorCoreTile<scalar_t, W>::kColFrags;
   const auto* g = reinterpret_cast<const mma_t*>(grad);
   const auto* x = reinterpret_cast<const mma_t*>(in);
   for (int fn = threadIdx.x / 32; fn < CF; fn += kWarps) {
@@ -583,7 +609,7 @@ __device__ void weight_grad_tensor_core(const scalar_t* grad, const scalar_t* in
       }
     }
 #pragma unroll 1
-    for (int rr = 0; rr < TensorCoreTile<W>::kRows / 16; ++rr) {
+    for (int rr = 0; rr < TensorCoreTile<scalar_t, W>::kRows / 16; ++rr) {
       // A(n, r) = grad[r][fn * 16 + n]: the gradient tile read column-major.
       wmma::fragment<wmma::matrix_a, 16, 16, 16, mma_t, wmma::col_major> a_frag;
       wmma::load_matrix_sync(a_frag, g + rr * 16 * LD + fn * 16, LD);
@@ -596,6 +622,159 @@ __device__ void weight_grad_tensor_core(const scalar_t* grad, const scalar_t* in
     }
 #pragma unroll
     for (int j = 0; j < CF; ++j) wmma::store_matrix_sync(strip + j * 16, acc[j], W, wmma::mem_row_major);
+  }
+}
+
+// Tensor cores for fp32: 3xTF32 (kFp32TensorCores; sm_80+)
+// ---------------------------------------------------------------------------
+// PTX mma.sync m16n8k8 with TF32 operands, its fragments loaded from shared memory as the PTX
+// ISA lays them out (wmma's TF32 fragments compiled to generic loads with 64-bit address math
+// and a software TF32 rounding per element, as many instructions per multiply-add as the fp32
+// FMA loop). Lane l = 4 g + t of a warp holds a[r] = A(g + 8 (r % 2), t + 4 (r / 2)) of the
+// 16x8 A, b[r] = B(t + 4 r, g) of the 8x8 B and d[r] = D(g + 8 (r / 2), 2 t + r % 2) of the
+// 16x8 result. A warp owns the tile's rows [16 w, 16 w + 16) (TensorCoreTile: one row fragment).
+
+// D += A @ B on TF32 operands (an fp32 word whose 13 low mantissa bits the tensor core ignores).
+__device__ __forceinline__ void mma_tf32_m16n8k8(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#ifdef FUSEDMLP_CUDA_EMULATION
+  cuda_emulation::mma_tf32_m16n8k8(d, a, b);
+#else
+  asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
+}
+
+// x = big + small + O(2^-22 |x|): big = x with its 13 low mantissa bits cleared (truncation,
+// which cannot overflow), small = x - big (exact in fp32) rounded to the nearest TF32 by
+// integer add and mask, ties away from zero. A non-finite x is all big (small = 0), so an inf
+// times a finite weight stays inf as in an fp32 product (x - big would be NaN).
+[[maybe_unused]] __device__ __forceinline__ void split_tf32(float x, uint32_t& big, uint32_t& small) {
+  const uint32_t bits = __float_as_uint(x) & 0xffffe000u;
+  big = bits;
+  small = fabsf(x) < INFINITY ? (__float_as_uint(x - __uint_as_float(bits)) + 0x1000u) & 0xffffe000u : 0u;
+}
+
+// The lane's A fragment of the 16x8 matrix A(m, k) = p[m * M_STRIDE + k * K_STRIDE], split.
+template <int M_STRIDE, int K_STRIDE>
+__device__ __forceinline__ void load_tf32_a(uint32_t (&big)[4], uint32_t (&small)[4], const float* p) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int r = 0; r < 4; ++r) split_tf32(p[(g + 8 * (r % 2)) * M_STRIDE + (t + 4 * (r / 2)) * K_STRIDE], big[r], small[r]);
+}
+
+// The layer's weights [rows, cols] for 3xTF32, zero-padded to W x W as load_tile pads them and
+// split: big at dst[r * LD + c], small at dst[W * LD + r * LD + c].
+template <int W, int LD>
+__device__ __forceinline__ void load_weights_3xtf32(float* dst, const float* src, int rows, int cols) {
+  for (int idx = threadIdx.x; idx < W * W; idx += kThreads) {
+    const int r = idx / W, c = idx % W;
+    uint32_t big, small;
+    split_tf32((r < rows && c < cols) ? src[r * cols + c] : 0.0f, big, small);
+    dst[r * LD + c] = __uint_as_float(big);
+    dst[W * LD + r * LD + c] = __uint_as_float(small);
+  }
+}
+
+// The lane's B fragment of the 8x8 matrix B(k, n) = p[k * K_STRIDE + n * N_STRIDE], split.
+template <int K_STRIDE, int N_STRIDE>
+__device__ __forceinline__ void load_tf32_b(uint32_t (&big)[2], uint32_t (&small)[2], const float* p) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) split_tf32(p[(t + 4 * r) * K_STRIDE + g * N_STRIDE], big[r], small[r]);
+}
+
+// The same from weights split by load_weights_3xtf32: big at p, small at p + SMALL_OFFSET.
+template <int K_STRIDE, int N_STRIDE, int SMALL_OFFSET>
+__device__ __forceinline__ void load_split_tf32_b(uint32_t (&big)[2], uint32_t (&small)[2], const float* p) {
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const int offset = (t + 4 * r) * K_STRIDE + g * N_STRIDE;
+    big[r] = __float_as_uint(p[offset]);
+    small[r] = __float_as_uint(p[SMALL_OFFSET + offset]);
+  }
+}
+
+// d += a @ b in 3xTF32: the two small cross terms first, then the big one.
+[[maybe_unused]] __device__ __forceinline__ void mma_3xtf32(float (&d)[4], const uint32_t (&a_big)[4], const uint32_t (&a_small)[4],
+                                           const uint32_t (&b_big)[2], const uint32_t (&b_small)[2]) {
+  mma_tf32_m16n8k8(d, a_big, b_small);
+  mma_tf32_m16n8k8(d, a_small, b_big);
+  mma_tf32_m16n8k8(d, a_big, b_big);
+}
+
+// The warp's 16 rows of tile = tile @ B, B(k, n) = weights[k * B_KS + n * B_NS] as split by
+// load_weights_3xtf32 (the forward's weights [n][k]: B_KS = 1, B_NS = LD; the input
+// gradient's [k][n]: B_KS = LD, B_NS = 1).
+// Each result value v of tile element (row, col) becomes finish(row, col, v), stored to the
+// tile and, for valid rows and columns, to dst ([rows, cols]) when dst is not null.
+template <int W, int B_KS, int B_NS, typename Finish>
+__device__ __forceinline__ void warp_rows_product_3xtf32(float* tile, const float* weights, Finish finish, float* dst,
+                                                         int64_t row0, int64_t rows, int cols) {
+  constexpr int LD = MlpTile<float, W>::kLd, kColTiles = W / 8;
+  const int warp_row0 = (threadIdx.x / 32) * 16;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  float acc[kColTiles][4] = {};
+  // Not unrolled: the steps' operands would all be live at once.
+#pragma unroll 1
+  for (int k0 = 0; k0 < W; k0 += 8) {
+    uint32_t a_big[4], a_small[4];
+    load_tf32_a<LD, 1>(a_big, a_small, tile + warp_row0 * LD + k0);
+#pragma unroll
+    for (int j = 0; j < kColTiles; ++j) {
+      uint32_t b_big[2], b_small[2];
+      load_split_tf32_b<B_KS, B_NS, W * LD>(b_big, b_small, weights + k0 * B_KS + j * 8 * B_NS);
+      mma_3xtf32(acc[j], a_big, a_small, b_big, b_small);
+    }
+  }
+  __syncwarp();  // every lane has loaded its operands before the warp's rows are overwritten
+#pragma unroll
+  for (int j = 0; j < kColTiles; ++j) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int tile_row = warp_row0 + g + 8 * (r / 2), col = j * 8 + 2 * t + r % 2;
+      const float value = finish(tile_row, col, acc[j][r]);
+      tile[tile_row * LD + col] = value;
+      const int64_t gr = row0 + tile_row;
+      if (dst != nullptr && gr < rows && col < cols) dst[gr * cols + col] = value;
+    }
+  }
+}
+
+// partial dW (+)= grad^T @ in over the tile's rows in 3xTF32. Warp w owns dW row strips w,
+// w + kWarps, ... of 16 rows each; its accumulators round-trip through its own part of the
+// block's workspace slice, in the accumulator fragments' layout.
+template <int W>
+__device__ void weight_grad_3xtf32(const float* grad, const float* in, float* partial, bool first) {
+  constexpr int LD = MlpTile<float, W>::kLd, kColTiles = W / 8;
+  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  for (int strip = threadIdx.x / 32; strip < TensorCoreTile<float, W>::kColFrags; strip += kWarps) {
+    float* out = partial + strip * 16 * W;
+    float acc[kColTiles][4];
+#pragma unroll
+    for (int j = 0; j < kColTiles; ++j) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) acc[j][r] = first ? 0.0f : out[(g + 8 * (r / 2)) * W + j * 8 + 2 * t + r % 2];
+    }
+#pragma unroll 1
+    for (int r0 = 0; r0 < TensorCoreTile<float, W>::kRows; r0 += 8) {
+      // A(n, r) = grad[r0 + r][strip * 16 + n]; B(r, k) = in[r0 + r][k].
+      uint32_t a_big[4], a_small[4];
+      load_tf32_a<1, LD>(a_big, a_small, grad + r0 * LD + strip * 16);
+#pragma unroll
+      for (int j = 0; j < kColTiles; ++j) {
+        uint32_t b_big[2], b_small[2];
+        load_tf32_b<LD, 1>(b_big, b_small, in + r0 * LD + j * 8);
+        mma_3xtf32(acc[j], a_big, a_small, b_big, b_small);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < kColTiles; ++j) {
+#pragma unroll
+      for (int r = 0; r < 4; ++r) out[(g + 8 * (r / 2)) * W + j * 8 + 2 * t + r % 2] = acc[j][r];
+    }
   }
 }
 
@@ -622,7 +801,11 @@ __device__ void mlp_fwd_tile(const MlpFwdArgs<scalar_t>& args) {
     const int in_features = net.width[layer], out_features = net.width[layer + 1];
     const bool relu = layer + 1 < net.layers;
     __syncthreads();  // the previous layer is done with the weights and bias
-    load_tile<scalar_t, W, W, LD>(weights, net.weight[layer], 0, out_features, in_features);
+    if constexpr (Tile::kSplitWeights) {
+      load_weights_3xtf32<W, LD>(weights, net.weight[layer], out_features, in_features);
+    } else {
+      load_tile<scalar_t, W, W, LD>(weights, net.weight[layer], 0, out_features, in_features);
+    }
     const scalar_t* layer_bias = args.bias[layer];
     if (threadIdx.x < W) {
       const int n = threadIdx.x;
@@ -635,8 +818,13 @@ __device__ void mlp_fwd_tile(const MlpFwdArgs<scalar_t>& args) {
         if (relu && v < 0.0f) v = 0.0f;  // keeps NaN, like torch.relu
         return col < out_features ? static_cast<scalar_t>(v) : scalar_t(0);
       };
-      warp_rows_product<scalar_t, W, nvcuda::wmma::col_major>(act, weights, stage, finish, args.out[layer], row0,
-                                                              args.rows, out_features);
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        // B(k, n) = weights[n][k]
+        warp_rows_product_3xtf32<W, 1, LD>(act, weights, finish, args.out[layer], row0, args.rows, out_features);
+      } else {
+        warp_rows_product<scalar_t, W, nvcuda::wmma::col_major>(act, weights, stage, finish, args.out[layer], row0,
+                                                                args.rows, out_features);
+      }
     } else {
       fwd_layer_simt<scalar_t, W>(act, weights, bias, in_features, out_features, relu, args.out[layer], row0,
                                   args.rows);
@@ -677,6 +865,8 @@ __device__ void mlp_bwd_tiles(const MlpBwdArgs<scalar_t>& args) {
       if (below) {
         if constexpr (Tile::kWeightsTransposedInBwd) {
           load_tile_transposed<scalar_t, W, LD>(weights, net.weight[layer], out_features, in_features);
+        } else if constexpr (Tile::kSplitWeights) {
+          load_weights_3xtf32<W, LD>(weights, net.weight[layer], out_features, in_features);
         } else {
           load_tile<scalar_t, W, W, LD>(weights, net.weight[layer], 0, out_features, in_features);
         }
@@ -688,7 +878,9 @@ __device__ void mlp_bwd_tiles(const MlpBwdArgs<scalar_t>& args) {
       __syncthreads();
       if (bias_slot >= 0) accumulate_bias_grad<scalar_t, W, Tile::kRows, LD>(grad, slice + bias_slot, first);
       if (weight_slot >= 0) {
-        if constexpr (Tile::kTensorCores) {
+        if constexpr (Tile::kTensorCores && std::is_same_v<scalar_t, float>) {
+          weight_grad_3xtf32<W>(grad, in, slice + weight_slot, first);
+        } else if constexpr (Tile::kTensorCores) {
           weight_grad_tensor_core<scalar_t, W>(grad, in, slice + weight_slot, first);
         } else {
           weight_grad_simt<scalar_t, W>(grad, in, in_features, slice + weight_slot, first);
@@ -703,8 +895,13 @@ __device__ void mlp_bwd_tiles(const MlpBwdArgs<scalar_t>& args) {
           if (mask) value = relu_mask(value, in[tile_row * LD + col]);
           return col < in_features ? value : scalar_t(0);
         };
-        warp_rows_product<scalar_t, W, nvcuda::wmma::row_major>(grad, weights, stage, finish, grad_input, row0,
-                                                                 args.rows, in_features);
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          // B(k, n) = weights[k][n]
+          warp_rows_product_3xtf32<W, LD, 1>(grad, weights, finish, grad_input, row0, args.rows, in_features);
+        } else {
+          warp_rows_product<scalar_t, W, nvcuda::wmma::row_major>(grad, weights, stage, finish, grad_input, row0,
+                                                                   args.rows, in_features);
+        }
       } else {
         // Its own barrier, after its reads, keeps the gradient tile until every thread is done.
         grad_below_simt<scalar_t, W>(grad, weights, in, in_features, out_features, mask, grad_input, row0,
@@ -714,12 +911,12 @@ __device__ void mlp_bwd_tiles(const MlpBwdArgs<scalar_t>& args) {
   }
 }
 
-// The tensor-core bodies need sm_80 (bf16 wmma); the host never launches them on older GPUs,
+// The tensor-core bodies need sm_80 (bf16 wmma, TF32 mma.sync); the host never launches them on older GPUs,
 // and for such architectures only a trap is compiled.
 template <typename scalar_t>
 __device__ constexpr bool compiled_for_this_arch() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-  return !kIsReducedFloat<scalar_t>;
+  return !kOnTensorCores<scalar_t>;
 #else
   return true;
 #endif
@@ -906,7 +1103,7 @@ int prepare_launch(const void* kernel, size_t smem_bytes, bool tensor_cores, con
                    KernelLaunchSetup& setup) {
   const cudaDeviceProp* props = at::cuda::getCurrentDeviceProperties();
   TORCH_CHECK(!tensor_cores || props->major >= 8, op,
-              ": the fused MLP kernels for float16 / bfloat16 use tensor cores of compute capability 8.0 or newer, "
+              ": the fused MLP kernels for this dtype use tensor cores of compute capability 8.0 or newer, "
               "but ", props->name, " is ", props->major, ".", props->minor, "; FusedMLP runs the network layer by layer");
   TORCH_CHECK(smem_bytes <= props->sharedMemPerBlockOptin, op, ": the fused MLP kernel for this dtype and width needs ",
               smem_bytes, " bytes of shared memory per block, but ", props->name, " allows ",

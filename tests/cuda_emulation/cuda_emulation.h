@@ -7,7 +7,8 @@
 // counts at a barrier), and __syncwarp() a barrier of its warp. Blocks run one after another,
 // so `__shared__` arrays (made `static` here) and the dynamic shared memory are one buffer
 // reused by each block in turn, holding whatever the previous block left, as uninitialised
-// shared memory may. nvcuda::wmma is emulated for 16x16x16 tiles (below); warp shuffles are not.
+// shared memory may. nvcuda::wmma is emulated for 16x16x16 tiles, and PTX's TF32 mma.sync
+// m16n8k8 through its documented fragment layout (below); warp shuffles are not.
 //
 // Include this before the device part of a .cu file (tests/test_cuda_emulated.py cuts each
 // file at its "Host side" divider and compiles the part above it with g++).
@@ -21,6 +22,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstdio>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -30,11 +32,18 @@
 
 namespace cuda_emulation {
 
+// What a lane puts on the table for a warp-wide instruction (mma.sync): its operand registers.
+struct LaneOperands {
+  uint32_t a[4];
+  uint32_t b[2];
+};
+
 struct BlockContext {
   std::barrier<>* barrier = nullptr;       // the block's (__syncthreads)
   std::barrier<>* warp_barrier = nullptr;  // the thread's warp's (__syncwarp)
   unsigned lane = 0;
   unsigned char* dynamic_shared = nullptr;
+  LaneOperands* warp_operands = nullptr;  // the thread's warp's, one per lane
 };
 
 inline thread_local uint3 thread_idx;
@@ -61,6 +70,7 @@ void launch(Kernel kernel, dim3 grid, dim3 threads, size_t shared_bytes, const A
   const uint64_t blocks = static_cast<uint64_t>(grid.x) * grid.y * grid.z;
   std::optional<std::barrier<>> block_barrier;
   std::vector<std::unique_ptr<std::barrier<>>> warp_barriers(warps);
+  std::vector<LaneOperands> lane_operands(32 * warps);
   std::barrier<std::function<void()>> next_block(count, [&]() noexcept {
     block_barrier.emplace(count);
     for (unsigned w = 0; w < warps; ++w) {
@@ -78,7 +88,7 @@ void launch(Kernel kernel, dim3 grid, dim3 threads, size_t shared_bytes, const A
         next_block.arrive_and_wait();
         block_idx = {static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y),
                      static_cast<unsigned>(b / (static_cast<uint64_t>(grid.x) * grid.y))};
-        block = {&*block_barrier, warp_barriers[t / 32].get(), t % 32, dynamic_shared};
+        block = {&*block_barrier, warp_barriers[t / 32].get(), t % 32, dynamic_shared, &lane_operands[32 * (t / 32)]};
         kernel(args...);
         block.barrier->arrive_and_drop();
         block.warp_barrier->arrive_and_drop();
@@ -88,7 +98,53 @@ void launch(Kernel kernel, dim3 grid, dim3 threads, size_t shared_bytes, const A
   for (std::thread& worker : workers) worker.join();
 }
 
+// PTX mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32, d += A @ B, with every lane of the
+// warp taking part (as the instruction requires). Lane l = 4 g + t holds a[r] = A(g + 8 (r % 2),
+// t + 4 (r / 2)), b[r] = B(t + 4 r, g) and d[r] = D(g + 8 (r / 2), 2 t + r % 2) (the PTX ISA's
+// fragment layouts): each lane puts its operands on its warp's table, and computes its own four
+// results from everyone's. A TF32 operand is its fp32 word without the 13 low mantissa bits;
+// products of TF32 values are exact in fp32, and each result adds them in order of k in fp32.
+inline void mma_tf32_m16n8k8(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+  LaneOperands* table = block.warp_operands;
+  const unsigned lane = block.lane, g = lane / 4, t = lane % 4;
+  std::copy(a, a + 4, table[lane].a);
+  std::copy(b, b + 2, table[lane].b);
+  block.warp_barrier->arrive_and_wait();
+  const auto tf32 = [](uint32_t bits) {
+    float value;
+    bits &= 0xffffe000u;
+    std::memcpy(&value, &bits, sizeof value);
+    return value;
+  };
+  for (unsigned r = 0; r < 4; ++r) {
+    const unsigned row = g + 8 * (r / 2), col = 2 * t + r % 2;
+    float sum = d[r];
+    for (unsigned k = 0; k < 8; ++k) {
+      const float a_value = tf32(table[4 * (row % 8) + k % 4].a[row / 8 + 2 * (k / 4)]);
+      const float b_value = tf32(table[4 * col + k % 4].b[k / 4]);
+      sum += a_value * b_value;
+    }
+    d[r] = sum;
+  }
+  block.warp_barrier->arrive_and_wait();  // everyone has read the table before it is reused
+}
+
 }  // namespace cuda_emulation
+
+// csrc/cuda/*.cu call the emulation where they would issue a warp-wide PTX instruction.
+#define FUSEDMLP_CUDA_EMULATION 1
+
+// Bit casts of the CUDA math API.
+inline float __uint_as_float(unsigned x) {
+  float f;
+  std::memcpy(&f, &x, sizeof f);
+  return f;
+}
+inline unsigned __float_as_uint(float f) {
+  unsigned x;
+  std::memcpy(&x, &f, sizeof x);
+  return x;
+}
 
 #define threadIdx (::cuda_emulation::thread_idx)
 #define blockIdx (::cuda_emulation::block_idx)
