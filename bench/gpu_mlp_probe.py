@@ -14,7 +14,9 @@ times and times nothing: the program the kit's `mlp_ncu` stage runs under Nsight
 --triton-tiles times the Triton whole-network kernels (fp32) instead: each network's forward and
 backward at the tile config triton_kernels/mlp.py launches now, then at every candidate of
 TRITON_TILE_CANDIDATES for that padded width (each compiled without register spills for sm_90
-here), so one GPU call says which tiles to keep. Triton compiles each candidate on first use.
+here), so one GPU call says which tiles to keep; then the tf32x3 experiment (fp32 dots on tensor
+cores as 3xTF32, tk.FP32_DOT_PRECISION) at the current fp32 tile and at the fp16/bf16 tile of
+that width. Triton compiles each candidate on first use.
 """
 
 import argparse
@@ -137,18 +139,24 @@ def _triton_case(widths, batch: int) -> dict:
     timings = {}
     for direction in ("fwd", "bwd"):
         current = tk._GPU_TILES[direction]["fp32"][width]
-        for tile in [current, *TRITON_TILE_CANDIDATES.get((direction, width), [])]:
+        candidates = [("ieee", tile) for tile in [current, *TRITON_TILE_CANDIDATES.get((direction, width), [])]]
+        candidates += [("tf32x3", current), ("tf32x3", tk._GPU_TILES[direction]["tensor_core"][width])]
+        for precision, tile in candidates:
             tk._GPU_TILES[direction]["fp32"][width] = tile
+            tk.FP32_DOT_PRECISION = precision
+            label = f"{direction} {tile}" + ("" if precision == "ieee" else f" {precision}")
             try:
                 if direction == "fwd":
                     ms = do_bench(lambda: tk.mlp_fwd_triton(x, weights, biases))
                 else:
                     ms = do_bench(lambda: tk.mlp_bwd_triton(grad, x, weights, acts, False, wanted, wanted))
-                timings[f"{direction} {tile}{' (current)' if tile == current else ''}"] = round(ms, 4)
+                current_label = " (current)" if (precision, tile) == ("ieee", current) else ""
+                timings[label + current_label] = round(ms, 4)
             except Exception as error:  # a candidate that fails to compile or launch is reported
-                timings[f"{direction} {tile}"] = f"{type(error).__name__}: {error}"[:300]
+                timings[label] = f"{type(error).__name__}: {error}"[:300]
             finally:
                 tk._GPU_TILES[direction]["fp32"][width] = current
+                tk.FP32_DOT_PRECISION = "ieee"
     return {"padded width": width, "ms": timings}
 
 

@@ -6,17 +6,19 @@ csrc/cuda/linear_relu.cu (the CUDA-core GEMM with its epilogues, split-K and bia
 fp32 / fp64) are cut at their "Host side" divider, and the device part is compiled with g++
 against tests/cuda_emulation/cuda_emulation.h: a thread block runs as one std::thread per CUDA
 thread, `__syncthreads()` / `__syncwarp()` are barriers of the block / warp, blocks run in turn,
-and nvcuda::wmma works on whole 16x16 tiles per lane. tests/cuda_emulation/*_emulated.cpp
-launch the kernels as the CUDA host side does (the grid, the dynamic shared memory, the
-persistent backward grid and its reduction, the SGD table, the split-K plan), and the results
-are compared with PyTorch here.
+nvcuda::wmma works on whole 16x16 tiles per lane, and PTX's TF32 mma.sync (the tf32x3 build's
+fp32 products) through its documented fragment layouts, the warp's lanes exchanging operands.
+tests/cuda_emulation/*_emulated.cpp launch the kernels as the CUDA host side does (the grid, the
+dynamic shared memory, the persistent backward grid and its reduction, the SGD table, the
+split-K plan), and the results are compared with PyTorch here.
 
 What this verifies without a GPU: the kernels' indexing, tiling, padding and trimming, the ReLU
 masks, the per-block partials and their fixed-order reduction, the SGD table's block search,
 Linear+ReLU's strided and masked operand views and its split-K plan, the MLP's tensor-core
 fragments, staging and epilogues, and that no thread waits at a barrier the others of its block
 or warp skip. What it cannot: warp shuffles (csrc/cuda/cross_entropy.cu), the hardware's own
-fragment layouts and tensor-core summation order, the CUDA host code (streams, guards,
+wmma fragment layouts and tensor-core summation order (an mma.sync layout is emulated as the
+PTX ISA documents it, so a misreading of the documentation would pass here), the CUDA host code (streams, guards,
 occupancy), the GPU's memory model and timing; those are the GPU-marked tests'
 (tests/test_cuda_mlp.py, tests/test_sgd.py, tests/test_linear_relu.py).
 """

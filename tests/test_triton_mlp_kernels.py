@@ -462,6 +462,20 @@ def test_a_training_loop_copies_no_launch_table_after_warm_up(monkeypatch):
     assert not copies, f"{len(copies)} tables copied in 5 steps after warm-up"
 
 
+@needs_triton_runtime
+@pytest.mark.parametrize("net", ["2-30-20-2", "64x4", "7-128-5"])
+def test_fp32_tf32x3_dots_match_sequential(net, monkeypatch):
+    """The tf32x3 experiment (FP32_DOT_PRECISION, not launched by default) within fp32's
+    tolerances of nn.Sequential. Under the interpreter, whose dots compute in fp32 whatever the
+    precision, this checks that the setting reaches every dot of both kernels (the AOT test
+    below: that they compile to tensor-core code); on a GPU, the 3xTF32 products themselves."""
+    monkeypatch.setattr(tk, "FP32_DOT_PRECISION", "tf32x3")
+    assert tk._config("fwd", torch.float32, 64, torch.device(TRITON_DEVICE))[0]["DOT_PRECISION"] == "tf32x3"
+    assert tk._config("bwd", torch.float64, 64, torch.device(TRITON_DEVICE))[0]["DOT_PRECISION"] == "ieee"
+    x, weights, biases, go = _make(NETS[net], 70, torch.float32)
+    _assert_matches(_run(x, weights, biases, go), x, weights, biases, go)
+
+
 # ---------------------------------------------------------------------------------------
 # AOT compile for sm_80 / sm_90, no GPU needed (tests/support.py runs the compile script).
 
@@ -497,11 +511,13 @@ class TestAOTCompile:
     def test_tensor_core_instructions(self, aot_report):
         """What Triton emits: fp16/bf16 and fp64 dots use tensor cores (mma.sync; on sm_90 also
         wgmma for fp16/bf16 when a dot has >= 64 rows and 4+ warps), fp32 dots with
-        input_precision="ieee" never do (that would be TF32)."""
+        input_precision="ieee" never do (that would be TF32), and the tf32x3 experiment's do."""
         for r in aot_report:
             if "error" in r or r["kernel"] == "_mlp_grad_reduce_kernel":
                 continue
-            if r["dtype"] == "float32":
+            if r["variant"] == "tf32x3":
+                assert r["mma_sync"] or r["wgmma"], _label(r)
+            elif r["dtype"] == "float32":
                 assert not (r["mma_sync"] or r["wgmma"]), _label(r)
             elif r["arch"] == 80 or r["dtype"] == "float64":
                 assert r["mma_sync"] and not r["wgmma"], _label(r)

@@ -124,6 +124,13 @@ ROW_SLICED_BWD_TILES = {32: (128, 8, 16, 16, 16), 64: (64, 8, 8, 16, 16)}
 # 64-384 bytes on sm_80 at the tiles above (triton 3.8 did not). Half the rows fit both.
 _PRE_HOPPER_TILES = {("bwd", "tensor_core", 64): (64, 8, 16, 0), ("bwd", "tensor_core", 128): (32, 8, 16, 32)}
 
+# How fp32 dots multiply: "ieee" (FMA loops, no TF32, as torch's default fp32 matmul) or
+# "tf32x3" (tensor cores: each fp32 operand split into two TF32 values and three products
+# taken, about fp32's accuracy, as setup.py's FUSEDMLP_MLP_TF32X3 builds the CUDA kernels). The
+# default is "ieee"; "tf32x3" is an experiment that bench/gpu_mlp_probe.py --triton-tiles
+# times beside it (and the AOT test compiles at every width) until a GPU measures it.
+FP32_DOT_PRECISION = "ieee"
+
 _DTYPE_FAMILY = {
     torch.float16: "tensor_core",
     torch.bfloat16: "tensor_core",
@@ -140,7 +147,12 @@ def _gpu_config(direction: str, dtype: torch.dtype, width: int, arch: int) -> tu
     tile = _GPU_TILES[direction][family][width]
     if arch < 90:
         tile = _PRE_HOPPER_TILES.get((direction, family, width), tile)
-    return _tile_config(direction, width, tile)
+    config, num_warps = _tile_config(direction, width, tile)
+    return dict(config, DOT_PRECISION=_dot_precision(dtype)), num_warps
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    return FP32_DOT_PRECISION if dtype == torch.float32 else "ieee"
 
 
 def _tile_config(direction: str, width: int, tile: tuple) -> tuple[dict, int]:
@@ -157,7 +169,7 @@ def _config(direction: str, dtype: torch.dtype, width: int, device: torch.device
     if INTERPRET:
         # 16-row tiles keep the interpreter fast and let tiny batches hit BLOCK-1/BLOCK/BLOCK+1;
         # 16-wide weight-gradient chunks make every width above 16 loop over chunks.
-        config = {"W": width, "BLOCK_M": 16}
+        config = {"W": width, "BLOCK_M": 16, "DOT_PRECISION": _dot_precision(dtype)}
         if direction == "bwd":
             config["DW_CHUNK"] = 16
             # W = 128 slices g @ W_i as fp32/fp64 on the GPU; W = 64 slices the weight gradient's
@@ -243,6 +255,7 @@ def _mlp_fwd_kernel(
     ACC_DTYPE: tl.constexpr,
     W: tl.constexpr,
     BLOCK_M: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     # One program per BLOCK_M-row tile; the tile stays in registers through every layer.
     pid = tl.program_id(0).to(tl.int64)
@@ -257,11 +270,12 @@ def _mlp_fwd_kernel(
         k_in = tl.load(entry + 2).to(tl.int32)
         k_out = tl.load(entry + 3).to(tl.int32)
         w = _load_weight(entry, cols, k_in, k_out, elem_ty)
-        # "ieee": for fp32 this forbids TF32 (torch's fp32 matmul does not use it by default);
-        # for fp16/bf16/fp64 it is the only precision anyway. out_dtype: Triton before 3.8
-        # defaults it to fp32 and then rejects the fp64 accumulator (triton 3.6 on the H200).
+        # DOT_PRECISION "ieee": for fp32 this forbids TF32 (torch's fp32 matmul does not use it
+        # by default); for fp16/bf16/fp64 it is the only precision anyway; "tf32x3": see
+        # FP32_DOT_PRECISION. out_dtype: Triton before 3.8 defaults it to fp32 and then rejects
+        # the fp64 accumulator (triton 3.6 on the H200).
         acc = tl.dot(
-            h, tl.trans(w), tl.zeros((BLOCK_M, W), dtype=ACC_DTYPE), input_precision="ieee", out_dtype=ACC_DTYPE
+            h, tl.trans(w), tl.zeros((BLOCK_M, W), dtype=ACC_DTYPE), input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE
         )
         if HAS_BIAS:
             b_ptr = tl.load(entry + 1).to(tl.pointer_type(elem_ty))
@@ -301,6 +315,7 @@ def _mlp_bwd_kernel(
     DW_CHUNK: tl.constexpr,
     PROP_CHUNK: tl.constexpr,
     ROW_CHUNK: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     # Persistent: program p handles tiles p, p + num_programs, ... and accumulates the weight
     # and bias gradients of its tiles in its own workspace slice (no other program touches
@@ -369,8 +384,8 @@ def _mlp_bwd_kernel(
                         dwt_mask = (cols[None, :] < k_out) & (chunk[:, None] < k_in)
                         dwt = tl.load(dwt_ptrs, mask=dwt_mask & accumulate, other=0.0)
                         dwt = tl.dot(
-                            tl.trans(a_in), g, dwt, input_precision="ieee", out_dtype=ACC_DTYPE
-                        )  # ieee: see forward
+                            tl.trans(a_in), g, dwt, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE
+                        )  # DOT_PRECISION: see forward
                     else:
                         dwt_ptrs = ws_dw + cols[None, :] * k_in + chunk[:, None]
                         dwt_mask = (cols[None, :] < k_out) & (chunk[:, None] < k_in)
@@ -383,13 +398,19 @@ def _mlp_bwd_kernel(
                             )
                             a_in = tl.load(a_ptrs, mask=sub_in[:, None] & (chunk[None, :] < k_in), other=0.0)
                             g_rows = tl.load(ws + params_per_program + sub[:, None] * W + cols[None, :]).to(elem_ty)
-                            dwt = tl.dot(tl.trans(a_in), g_rows, dwt, input_precision="ieee", out_dtype=ACC_DTYPE)
+                            dwt = tl.dot(
+                                tl.trans(a_in), g_rows, dwt, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE
+                            )
                     tl.store(dwt_ptrs, dwt, mask=dwt_mask)
             if i >= propagate_from:
                 if PROP_CHUNK == 0:
                     w = _load_weight(entry, cols, k_in, k_out, elem_ty)
                     acc = tl.dot(
-                        g, w, tl.zeros((BLOCK_M, W), dtype=ACC_DTYPE), input_precision="ieee", out_dtype=ACC_DTYPE
+                        g,
+                        w,
+                        tl.zeros((BLOCK_M, W), dtype=ACC_DTYPE),
+                        input_precision=DOT_PRECISION,
+                        out_dtype=ACC_DTYPE,
                     )
                 else:
                     # g @ W_i over PROP_CHUNK-wide slices of the reduction dim: the FMA/DMMA dots
@@ -407,7 +428,7 @@ def _mlp_bwd_kernel(
                         g_chunk = tl.load(scratch + chunk[None, :]).to(elem_ty)
                         w_mask = (chunk[:, None] < k_out) & (cols[None, :] < k_in)
                         w_chunk = tl.load(w_ptr + chunk[:, None] * k_in + cols[None, :], mask=w_mask, other=0.0)
-                        acc = tl.dot(g_chunk, w_chunk, acc, input_precision="ieee", out_dtype=ACC_DTYPE)
+                        acc = tl.dot(g_chunk, w_chunk, acc, input_precision=DOT_PRECISION, out_dtype=ACC_DTYPE)
                 # Rounded to the dtype between layers, as autograd's mm output is.
                 g = acc.to(elem_ty)
         if INPUT_GRAD:
@@ -768,7 +789,15 @@ def aot_compile_specs(dtypes=SUPPORTED_DTYPES):
         if dtype == torch.float32:
             for width, tile in ROW_SLICED_BWD_TILES.items():
                 config, num_warps = _tile_config("bwd", width, tile)
+                config = dict(config, DOT_PRECISION="ieee")
                 yield _aot_spec("_mlp_bwd_kernel", dtype, "row_sliced", {"INPUT_GRAD": True}, config, num_warps)
+            # The tf32x3 experiment at the fp32 tiles it would launch with.
+            for kernel, direction in (("_mlp_fwd_kernel", "fwd"), ("_mlp_bwd_kernel", "bwd")):
+                for width in _WIDTHS:
+                    config, num_warps = _gpu_config(direction, dtype, width, 90)
+                    config = dict(config, DOT_PRECISION="tf32x3")
+                    flags = _AOT_VARIANTS[kernel]["full"]
+                    yield _aot_spec(kernel, dtype, "tf32x3", flags, config, num_warps)
         yield _aot_spec(
             "_mlp_grad_reduce_kernel", dtype, "sum", {}, {"BLOCK": REDUCE_BLOCK, "GROUPS": REDUCE_GROUPS}, 4
         )

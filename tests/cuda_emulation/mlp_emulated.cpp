@@ -1,5 +1,5 @@
 // csrc/cuda/mlp.cu's kernels on the CPU (fp32 / fp64 on CUDA cores, fp16 / bf16 through the
-// emulated wmma), launched as the CUDA host side launches them, with its own launch-argument
+// emulated wmma; fp32 through the emulated mma.sync in the FUSEDMLP_MLP_TF32X3 build), launched as the CUDA host side launches them, with its own launch-argument
 // code: tile width, kernel arguments, one forward block per tile, a persistent backward grid (its
 // size chosen by the caller here, at most one block per tile) and the fixed-order gradient
 // reduction.
