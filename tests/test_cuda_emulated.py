@@ -17,8 +17,9 @@ masks, the per-block partials and their fixed-order reduction, the SGD table's b
 Linear+ReLU's strided and masked operand views and its split-K plan, the MLP's tensor-core
 fragments, staging and epilogues, and that no thread waits at a barrier the others of its block
 or warp skip. What it cannot: warp shuffles (csrc/cuda/cross_entropy.cu), the hardware's own
-wmma fragment layouts and tensor-core summation order (an mma.sync layout is emulated as the
-PTX ISA documents it, so a misreading of the documentation would pass here), the CUDA host code (streams, guards,
+wmma fragment layouts and tensor-core summation order (mma.sync's layouts are emulated as the
+PTX ISA documents them, which CUTLASS's CuTe traits agree with; a misreading shared by the kernel
+and the emulation would pass here), the CUDA host code (streams, guards,
 occupancy), the GPU's memory model and timing; those are the GPU-marked tests'
 (tests/test_cuda_mlp.py, tests/test_sgd.py, tests/test_linear_relu.py).
 """

@@ -632,7 +632,8 @@ __device__ void weight_grad_tensor_core(const scalar_t* grad, const scalar_t* in
 // and a software TF32 rounding per element, as many instructions per multiply-add as the fp32
 // FMA loop). Lane l = 4 g + t of a warp holds a[r] = A(g + 8 (r % 2), t + 4 (r / 2)) of the
 // 16x8 A, b[r] = B(t + 4 r, g) of the 8x8 B and d[r] = D(g + 8 (r / 2), 2 t + r % 2) of the
-// 16x8 result. A warp owns the tile's rows [16 w, 16 w + 16) (TensorCoreTile: one row fragment).
+// 16x8 result (the same as CUTLASS's CuTe traits for SM80_16x8x8_F32TF32TF32F32_TN). A warp
+// owns the tile's rows [16 w, 16 w + 16) (TensorCoreTile: one row fragment).
 
 // D += A @ B on TF32 operands (an fp32 word whose 13 low mantissa bits the tensor core ignores).
 __device__ __forceinline__ void mma_tf32_m16n8k8(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
