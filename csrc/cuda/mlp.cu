@@ -85,10 +85,10 @@ constexpr bool kSimtVectorLoads = FUSEDMLP_MLP_VECTOR_LOADS != 0;
 // and is summed in fp32, an error of the order of an fp32 dot product's over these lengths
 // (the technique of CUTLASS's 3xTF32 GEMMs). Counted in the sm_90 SASS at W = 64: the forward's
 // and the input gradient's inner loops issue 92 instructions per 8192 multiply-adds of a warp
-// (24 HMMA; the weights split once per tile and layer), the weight gradient's 174 (both of its
-// operands split in the loop), the fp32 FMA loops 184 per 4096. Not the same as fp32 in one
-// case: an inf operand whose partner's small part is exactly zero (a partner that is a TF32
-// value, e.g. 0.5) gives NaN where fp32 gives inf (inf * 0 in a cross term).
+// (24 HMMA; the weights split once per tile and layer, kSplitWeights), the weight gradient's
+// 174 (both of its operands split in the loop), the fp32 FMA loops 184 per 4096. Not the same
+// as fp32 in one case: an inf operand whose partner's small part is exactly zero (a partner
+// that is a TF32 value, e.g. 0.5) gives NaN where fp32 gives inf (inf * 0 in a cross term).
 #ifndef FUSEDMLP_MLP_TF32X3
 #define FUSEDMLP_MLP_TF32X3 0
 #endif
@@ -168,8 +168,9 @@ struct MlpTile {
 
   static constexpr size_t kTileBytes = align_smem(sizeof(scalar_t) * kRows * kLd);
   // 3xTF32 keeps the layer's weights split (big, then small: load_weights_3xtf32), once per tile
-  // and layer instead of once per warp and use.
-  static constexpr bool kSplitWeights = kTensorCores && std::is_same_v<scalar_t, float>;
+  // and layer instead of once per warp and use, up to W = 64: at 128 the split weights (132 KB)
+  // would leave room for one forward block per SM instead of two.
+  static constexpr bool kSplitWeights = kTensorCores && std::is_same_v<scalar_t, float> && W <= 64;
   static constexpr size_t kWeightBytes = align_smem(sizeof(scalar_t) * W * kLd) * (kSplitWeights ? 2 : 1);
   static constexpr size_t kBiasBytes = align_smem(sizeof(acc_t) * W);
   // Each warp turns one 16x16 fp32 accumulator fragment at a time into dtype values here
@@ -662,7 +663,9 @@ template <int M_STRIDE, int K_STRIDE>
 __device__ __forceinline__ void load_tf32_a(uint32_t (&big)[4], uint32_t (&small)[4], const float* p) {
   const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
 #pragma unroll
-  for (int r = 0; r < 4; ++r) split_tf32(p[(g + 8 * (r % 2)) * M_STRIDE + (t + 4 * (r / 2)) * K_STRIDE], big[r], small[r]);
+  for (int r = 0; r < 4; ++r) {
+    split_tf32(p[(g + 8 * (r % 2)) * M_STRIDE + (t + 4 * (r / 2)) * K_STRIDE], big[r], small[r]);
+  }
 }
 
 // The layer's weights [rows, cols] for 3xTF32, zero-padded to W x W as load_tile pads them and
@@ -699,16 +702,17 @@ __device__ __forceinline__ void load_split_tf32_b(uint32_t (&big)[2], uint32_t (
 }
 
 // d += a @ b in 3xTF32: the two small cross terms first, then the big one.
-[[maybe_unused]] __device__ __forceinline__ void mma_3xtf32(float (&d)[4], const uint32_t (&a_big)[4], const uint32_t (&a_small)[4],
-                                           const uint32_t (&b_big)[2], const uint32_t (&b_small)[2]) {
+[[maybe_unused]] __device__ __forceinline__ void mma_3xtf32(float (&d)[4], const uint32_t (&a_big)[4],
+                                                            const uint32_t (&a_small)[4], const uint32_t (&b_big)[2],
+                                                            const uint32_t (&b_small)[2]) {
   mma_tf32_m16n8k8(d, a_big, b_small);
   mma_tf32_m16n8k8(d, a_small, b_big);
   mma_tf32_m16n8k8(d, a_big, b_big);
 }
 
-// The warp's 16 rows of tile = tile @ B, B(k, n) = weights[k * B_KS + n * B_NS] as split by
-// load_weights_3xtf32 (the forward's weights [n][k]: B_KS = 1, B_NS = LD; the input
-// gradient's [k][n]: B_KS = LD, B_NS = 1).
+// The warp's 16 rows of tile = tile @ B, B(k, n) = weights[k * B_KS + n * B_NS], split by
+// load_weights_3xtf32 where MlpTile::kSplitWeights, else here (the forward's weights [n][k]:
+// B_KS = 1, B_NS = LD; the input gradient's [k][n]: B_KS = LD, B_NS = 1).
 // Each result value v of tile element (row, col) becomes finish(row, col, v), stored to the
 // tile and, for valid rows and columns, to dst ([rows, cols]) when dst is not null.
 template <int W, int B_KS, int B_NS, typename Finish>
@@ -726,7 +730,11 @@ __device__ __forceinline__ void warp_rows_product_3xtf32(float* tile, const floa
 #pragma unroll
     for (int j = 0; j < kColTiles; ++j) {
       uint32_t b_big[2], b_small[2];
-      load_split_tf32_b<B_KS, B_NS, W * LD>(b_big, b_small, weights + k0 * B_KS + j * 8 * B_NS);
+      if constexpr (MlpTile<float, W>::kSplitWeights) {
+        load_split_tf32_b<B_KS, B_NS, W * LD>(b_big, b_small, weights + k0 * B_KS + j * 8 * B_NS);
+      } else {
+        load_tf32_b<B_KS, B_NS>(b_big, b_small, weights + k0 * B_KS + j * 8 * B_NS);
+      }
       mma_3xtf32(acc[j], a_big, a_small, b_big, b_small);
     }
   }
