@@ -124,7 +124,8 @@ constexpr size_t align_smem(size_t bytes) {
 // kWarpRows) for the row-wise products (forward, input gradient). Narrow fp16 / bf16 tiles give
 // each warp two 16-row fragments, so a weight fragment is loaded once per two MMAs; either way a
 // warp holds at most 64 fp32 accumulators per thread. fp32 keeps one: its tiles take twice the
-// bytes, and at 64 rows the W = 64 backward's 55 KB still fit four blocks per SM (two at 128).
+// bytes, and at 64 rows the W = 64 backward (68 KB with its split weights) fits three blocks per
+// SM, at 128 rows two.
 template <typename scalar_t, int W>
 struct TensorCoreTile {
   static constexpr int kRowFrags = W <= 64 && sizeof(scalar_t) == 2 ? 2 : 1;
