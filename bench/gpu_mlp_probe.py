@@ -15,8 +15,8 @@ times and times nothing: the program the kit's `mlp_ncu` stage runs under Nsight
 backward at the tile config triton_kernels/mlp.py launches now, then at every candidate of
 TRITON_TILE_CANDIDATES for that padded width (each compiled without register spills for sm_90
 here), so one GPU call says which tiles to keep; then the tf32x3 experiment (fp32 dots on tensor
-cores as 3xTF32, tk.FP32_DOT_PRECISION) at the current fp32 tile and at the fp16/bf16 tile of
-that width. Triton compiles each candidate on first use.
+cores as 3xTF32, tk.FP32_DOT_PRECISION) at the current fp32 tile and at those of
+TF32X3_TILE_CANDIDATES. Triton compiles each candidate on first use.
 """
 
 import argparse
@@ -128,6 +128,18 @@ TRITON_TILE_CANDIDATES = {
 }
 
 
+# Tiles for the tf32x3 experiment (fp32 dots on tensor cores as 3xTF32, tk.FP32_DOT_PRECISION),
+# timed after the current fp32 tile with tf32x3. Each compiles for sm_90 without spills with
+# triton 3.8 here (registers in the comments; the current tile's: forward 96 / 227, backward
+# 157 / 216 at W = 32 / 64); the fp16/bf16 tiles spilled 928-1552 bytes in the backward.
+TF32X3_TILE_CANDIDATES = {
+    ("fwd", 32): [(128, 8), (64, 8)],  # 111, 76
+    ("fwd", 64): [(128, 8), (64, 8)],  # 201, 134
+    ("bwd", 32): [(32, 8, 16, 0), (64, 8, 16, 32)],  # 228, 246
+    ("bwd", 64): [(64, 8, 16, 32), (16, 8, 16, 0)],  # 255, 233
+}
+
+
 def _triton_case(widths, batch: int) -> dict:
     from fusedmlp.triton_kernels import mlp as tk
 
@@ -140,7 +152,7 @@ def _triton_case(widths, batch: int) -> dict:
     for direction in ("fwd", "bwd"):
         current = tk._GPU_TILES[direction]["fp32"][width]
         candidates = [("ieee", tile) for tile in [current, *TRITON_TILE_CANDIDATES.get((direction, width), [])]]
-        candidates += [("tf32x3", current), ("tf32x3", tk._GPU_TILES[direction]["tensor_core"][width])]
+        candidates += [("tf32x3", tile) for tile in [current, *TF32X3_TILE_CANDIDATES.get((direction, width), [])]]
         for precision, tile in candidates:
             tk._GPU_TILES[direction]["fp32"][width] = tile
             tk.FP32_DOT_PRECISION = precision
