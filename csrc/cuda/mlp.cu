@@ -638,6 +638,8 @@ __device__ void weight_grad_tensor_core(const scalar_t* grad, const scalar_t* in
 // owns the tile's rows [16 w, 16 w + 16) (TensorCoreTile: one row fragment).
 
 // D += A @ B on TF32 operands (an fp32 word whose 13 low mantissa bits the tensor core ignores).
+// FUSEDMLP_CUDA_EMULATION: compiled with g++ by tests/test_cuda_emulated.py, which runs the
+// instruction through tests/cuda_emulation/cuda_emulation.h.
 __device__ __forceinline__ void mma_tf32_m16n8k8(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
 #ifdef FUSEDMLP_CUDA_EMULATION
   cuda_emulation::mma_tf32_m16n8k8(d, a, b);
