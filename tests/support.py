@@ -83,6 +83,11 @@ def close_to_reference(
     assert ours <= 2 * theirs + floor, f"max error {ours:.3e} > 2 x torch's {theirs:.3e} + {floor:.1e}"
 
 
+# setup.py's experimental builds of the CUDA fused MLP (csrc/cuda/mlp.cu), each built with its
+# option set to 1 beside the default (bench/gpu_check.sh): name -> option.
+MLP_BUILD_OPTIONS = {"vector_loads": "FUSEDMLP_MLP_VECTOR_LOADS", "tf32x3": "FUSEDMLP_MLP_TF32X3"}
+
+
 # ---------------------------------------------------------------------------------------
 # Networks the fused whole-network CUDA kernels do not cover, with the message their coverage
 # check gives: (widths, regex), one pytest.param each.

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 import torch
-from support import UNCOVERED_MLP_SHAPES
+from support import MLP_BUILD_OPTIONS, UNCOVERED_MLP_SHAPES
 
 from fusedmlp import _backend
 
@@ -302,17 +302,16 @@ def _ninja_variable(build_ninja: str, name: str) -> list[str]:
     return shlex.split(match.group(1)) if match else []
 
 
-# setup.py's experimental builds of csrc/cuda/mlp.cu, which the GPU kit builds beside the default
-# to time them (bench/gpu_check.sh): the option, and what its fp32 kernels must multiply with.
-MLP_BUILD_OPTIONS = {
-    "FUSEDMLP_MLP_VECTOR_LOADS": "FFMA",  # 16-byte shared loads, fp32 FMAs
-    "FUSEDMLP_MLP_TF32X3": "HMMA.1688.F32.TF32",  # fp32 as 3xTF32 on tensor cores (mma.sync m16n8k8)
+# What the fp32 kernels of each experimental MLP build (support.MLP_BUILD_OPTIONS) multiply with.
+MLP_BUILD_FP32_PRODUCTS = {
+    "vector_loads": "FFMA",  # 16-byte shared loads, fp32 FMAs
+    "tf32x3": "HMMA.1688.F32.TF32",  # fp32 as 3xTF32 on tensor cores (mma.sync m16n8k8)
 }
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("option", list(MLP_BUILD_OPTIONS))
-def test_mlp_build_option_compiles_at_the_measured_occupancy(tmp_path, option):
+@pytest.mark.parametrize("build", list(MLP_BUILD_OPTIONS))
+def test_mlp_build_option_compiles_at_the_measured_occupancy(tmp_path, build):
     """An experimental build of csrc/cuda/mlp.cu compiles for sm_90 without spills, its fp32
     kernels multiply as the option says, and they fit the registers of the default's occupancy;
     compiled here with the flags of this checkout's own build (build/temp/build.ninja)."""
@@ -322,9 +321,10 @@ def test_mlp_build_option_compiles_at_the_measured_occupancy(tmp_path, option):
     flags = _ninja_variable(build_ninja, "cuda_cflags") + [
         f
         for f in _ninja_variable(build_ninja, "cuda_post_cflags")
-        if not f.startswith(("-gencode", *(f"-D{o}" for o in MLP_BUILD_OPTIONS)))
+        if not f.startswith(("-gencode", *(f"-D{o}" for o in MLP_BUILD_OPTIONS.values())))
     ]
     obj = str(tmp_path / "mlp.o")
+    option = MLP_BUILD_OPTIONS[build]
     command = ["nvcc", *flags, "-gencode=arch=compute_90,code=sm_90", f"-D{option}=1"]
     result = subprocess.run(
         [*command, "-c", os.path.join(ROOT, "csrc", "cuda", "mlp.cu"), "-o", obj],
@@ -334,9 +334,10 @@ def test_mlp_build_option_compiles_at_the_measured_occupancy(tmp_path, option):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     sass = _cuobjdump_by_arch_and_function("-sass", obj)["sm_90"]
+    product = MLP_BUILD_FP32_PRODUCTS[build]
     for name in FP32_MLP_RESIDENT_BLOCKS:
         for width in (16, 32, 64, 128):
-            assert MLP_BUILD_OPTIONS[option] in _mlp_kernel(sass, name, "f", width), f"{option}: {name}<float, {width}>"
+            assert product in _mlp_kernel(sass, name, "f", width), f"{option}: {name}<float, {width}>"
     usage = _cuobjdump_by_arch_and_function("-res-usage", obj)["sm_90"]
     _assert_fp32_mlp_kernels_fit_their_occupancy(usage, f"{option}, sm_90")
 

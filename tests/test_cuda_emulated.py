@@ -35,7 +35,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from support import close_to_reference
+from support import MLP_BUILD_OPTIONS, close_to_reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HARNESS = os.path.join(ROOT, "tests", "cuda_emulation")
@@ -92,10 +92,6 @@ def _device_part(cu_file: str) -> str:
     )
     text = re.sub(r"extern __shared__[^;]*?unsigned char (\w+)\[\];", r"FUSEDMLP_EMULATED_DYNAMIC_SHARED(\1);", text)
     return text + "\n"
-
-
-# The experimental builds of mlp.cu (setup.py's options), each with the -D flag setup.py passes.
-MLP_BUILD_OPTIONS = {"vector_loads": "FUSEDMLP_MLP_VECTOR_LOADS", "tf32x3": "FUSEDMLP_MLP_TF32X3"}
 
 
 def build_emulated(generated_dir, build_dir, variant: str = "default"):
