@@ -651,6 +651,15 @@ __device__ __forceinline__ void mma_tf32_m16n8k8(float (&d)[4], const uint32_t (
 #endif
 }
 
+// Where lane l (= 4 g + t) of the warp holds each element of the fragments (the layouts above):
+// the row and column of its register r of A, of B and of the accumulator.
+[[maybe_unused]] __device__ __forceinline__ int mma_a_row(int lane, int r) { return lane / 4 + 8 * (r % 2); }
+[[maybe_unused]] __device__ __forceinline__ int mma_a_col(int lane, int r) { return lane % 4 + 4 * (r / 2); }
+[[maybe_unused]] __device__ __forceinline__ int mma_b_row(int lane, int r) { return lane % 4 + 4 * r; }
+[[maybe_unused]] __device__ __forceinline__ int mma_b_col(int lane) { return lane / 4; }
+[[maybe_unused]] __device__ __forceinline__ int mma_acc_row(int lane, int r) { return lane / 4 + 8 * (r / 2); }
+[[maybe_unused]] __device__ __forceinline__ int mma_acc_col(int lane, int r) { return 2 * (lane % 4) + r % 2; }
+
 // x = big + small + O(2^-22 |x|): big = x with its 13 low mantissa bits cleared (truncation,
 // which cannot overflow), small = x - big (exact in fp32) rounded to the nearest TF32 by
 // integer add and mask, ties away from zero. A non-finite x is all big (small = 0), so an inf
@@ -664,10 +673,10 @@ __device__ __forceinline__ void mma_tf32_m16n8k8(float (&d)[4], const uint32_t (
 // The lane's A fragment of the 16x8 matrix A(m, k) = p[m * M_STRIDE + k * K_STRIDE], split.
 template <int M_STRIDE, int K_STRIDE>
 __device__ __forceinline__ void load_tf32_a(uint32_t (&big)[4], uint32_t (&small)[4], const float* p) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int r = 0; r < 4; ++r) {
-    split_tf32(p[(g + 8 * (r % 2)) * M_STRIDE + (t + 4 * (r / 2)) * K_STRIDE], big[r], small[r]);
+    split_tf32(p[mma_a_row(lane, r) * M_STRIDE + mma_a_col(lane, r) * K_STRIDE], big[r], small[r]);
   }
 }
 
@@ -687,18 +696,20 @@ __device__ __forceinline__ void load_weights_3xtf32(float* dst, const float* src
 // The lane's B fragment of the 8x8 matrix B(k, n) = p[k * K_STRIDE + n * N_STRIDE], split.
 template <int K_STRIDE, int N_STRIDE>
 __device__ __forceinline__ void load_tf32_b(uint32_t (&big)[2], uint32_t (&small)[2], const float* p) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int lane = threadIdx.x % 32;
 #pragma unroll
-  for (int r = 0; r < 2; ++r) split_tf32(p[(t + 4 * r) * K_STRIDE + g * N_STRIDE], big[r], small[r]);
+  for (int r = 0; r < 2; ++r) {
+    split_tf32(p[mma_b_row(lane, r) * K_STRIDE + mma_b_col(lane) * N_STRIDE], big[r], small[r]);
+  }
 }
 
 // The same from weights split by load_weights_3xtf32: big at p, small at p + SMALL_OFFSET.
 template <int K_STRIDE, int N_STRIDE, int SMALL_OFFSET>
 __device__ __forceinline__ void load_split_tf32_b(uint32_t (&big)[2], uint32_t (&small)[2], const float* p) {
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int lane = threadIdx.x % 32;
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    const int offset = (t + 4 * r) * K_STRIDE + g * N_STRIDE;
+    const int offset = mma_b_row(lane, r) * K_STRIDE + mma_b_col(lane) * N_STRIDE;
     big[r] = __float_as_uint(p[offset]);
     small[r] = __float_as_uint(p[SMALL_OFFSET + offset]);
   }
@@ -723,7 +734,7 @@ __device__ __forceinline__ void warp_rows_product_3xtf32(float* tile, const floa
                                                          int64_t row0, int64_t rows, int cols) {
   constexpr int LD = MlpTile<float, W>::kLd, kColTiles = W / 8;
   const int warp_row0 = (threadIdx.x / 32) * 16;
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int lane = threadIdx.x % 32;
   float acc[kColTiles][4] = {};
   // Not unrolled: the steps' operands would all be live at once.
 #pragma unroll 1
@@ -746,7 +757,7 @@ __device__ __forceinline__ void warp_rows_product_3xtf32(float* tile, const floa
   for (int j = 0; j < kColTiles; ++j) {
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
-      const int tile_row = warp_row0 + g + 8 * (r / 2), col = j * 8 + 2 * t + r % 2;
+      const int tile_row = warp_row0 + mma_acc_row(lane, r), col = j * 8 + mma_acc_col(lane, r);
       const float value = finish(tile_row, col, acc[j][r]);
       tile[tile_row * LD + col] = value;
       const int64_t gr = row0 + tile_row;
@@ -761,14 +772,16 @@ __device__ __forceinline__ void warp_rows_product_3xtf32(float* tile, const floa
 template <int W>
 __device__ void weight_grad_3xtf32(const float* grad, const float* in, float* partial, bool first) {
   constexpr int LD = MlpTile<float, W>::kLd, kColTiles = W / 8;
-  const int lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const int lane = threadIdx.x % 32;
+  // The strip's element held in accumulator register r of column tile j.
+  const auto partial_index = [lane](int j, int r) { return mma_acc_row(lane, r) * W + j * 8 + mma_acc_col(lane, r); };
   for (int strip = threadIdx.x / 32; strip < TensorCoreTile<float, W>::kColFrags; strip += kWarps) {
     float* out = partial + strip * 16 * W;
     float acc[kColTiles][4];
 #pragma unroll
     for (int j = 0; j < kColTiles; ++j) {
 #pragma unroll
-      for (int r = 0; r < 4; ++r) acc[j][r] = first ? 0.0f : out[(g + 8 * (r / 2)) * W + j * 8 + 2 * t + r % 2];
+      for (int r = 0; r < 4; ++r) acc[j][r] = first ? 0.0f : out[partial_index(j, r)];
     }
 #pragma unroll 1
     for (int r0 = 0; r0 < TensorCoreTile<float, W>::kRows; r0 += 8) {
@@ -785,7 +798,7 @@ __device__ void weight_grad_3xtf32(const float* grad, const float* in, float* pa
 #pragma unroll
     for (int j = 0; j < kColTiles; ++j) {
 #pragma unroll
-      for (int r = 0; r < 4; ++r) out[(g + 8 * (r / 2)) * W + j * 8 + 2 * t + r % 2] = acc[j][r];
+      for (int r = 0; r < 4; ++r) out[partial_index(j, r)] = acc[j][r];
     }
   }
 }

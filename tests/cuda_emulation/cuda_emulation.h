@@ -30,6 +30,18 @@
 #include <type_traits>
 #include <vector>
 
+// Bit casts of the CUDA math API.
+inline float __uint_as_float(unsigned x) {
+  float f;
+  std::memcpy(&f, &x, sizeof f);
+  return f;
+}
+inline unsigned __float_as_uint(float f) {
+  unsigned x;
+  std::memcpy(&x, &f, sizeof x);
+  return x;
+}
+
 namespace cuda_emulation {
 
 // What a lane puts on the table for a warp-wide instruction (mma.sync): its operand registers.
@@ -110,12 +122,7 @@ inline void mma_tf32_m16n8k8(float (&d)[4], const uint32_t (&a)[4], const uint32
   std::copy(a, a + 4, table[lane].a);
   std::copy(b, b + 2, table[lane].b);
   block.warp_barrier->arrive_and_wait();
-  const auto tf32 = [](uint32_t bits) {
-    float value;
-    bits &= 0xffffe000u;
-    std::memcpy(&value, &bits, sizeof value);
-    return value;
-  };
+  const auto tf32 = [](uint32_t bits) { return __uint_as_float(bits & 0xffffe000u); };
   for (unsigned r = 0; r < 4; ++r) {
     const unsigned row = g + 8 * (r / 2), col = 2 * t + r % 2;
     float sum = d[r];
@@ -133,18 +140,6 @@ inline void mma_tf32_m16n8k8(float (&d)[4], const uint32_t (&a)[4], const uint32
 
 // csrc/cuda/*.cu call the emulation where they would issue a warp-wide PTX instruction.
 #define FUSEDMLP_CUDA_EMULATION 1
-
-// Bit casts of the CUDA math API.
-inline float __uint_as_float(unsigned x) {
-  float f;
-  std::memcpy(&f, &x, sizeof f);
-  return f;
-}
-inline unsigned __float_as_uint(float f) {
-  unsigned x;
-  std::memcpy(&x, &f, sizeof x);
-  return x;
-}
 
 #define threadIdx (::cuda_emulation::thread_idx)
 #define blockIdx (::cuda_emulation::block_idx)

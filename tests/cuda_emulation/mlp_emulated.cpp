@@ -1,8 +1,8 @@
 // csrc/cuda/mlp.cu's kernels on the CPU (fp32 / fp64 on CUDA cores, fp16 / bf16 through the
-// emulated wmma; fp32 through the emulated mma.sync in the FUSEDMLP_MLP_TF32X3 build), launched as the CUDA host side launches them, with its own launch-argument
-// code: tile width, kernel arguments, one forward block per tile, a persistent backward grid (its
-// size chosen by the caller here, at most one block per tile) and the fixed-order gradient
-// reduction.
+// emulated wmma; fp32 through the emulated mma.sync in the FUSEDMLP_MLP_TF32X3 build), launched
+// as the CUDA host side launches them, with its own launch-argument code: tile width, kernel
+// arguments, one forward block per tile, a persistent backward grid (its size chosen by the
+// caller here, at most one block per tile) and the fixed-order gradient reduction.
 #include "mlp_device.inc"  // csrc/cuda/mlp.cu above its "Host side" divider (written by the test)
 }  // namespace
 }  // namespace fusedmlp
